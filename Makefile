@@ -1,0 +1,56 @@
+# vppkit: every command bootstraps .venv from requirements/lock.txt on first use.
+#   make test                      run the test suite (what CI runs)
+#   make reports                   run every experiment and write reports/index.md
+#   PROFILE=default|smoke|davis    which profile to run (configs/<profile>.yaml)
+#   DATA=DIR                       dataset root for real-data profiles (davis: a DAVIS folder)
+#   FORCE=1                        recompute results even when a saved result matches the config
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.vppkit-installed
+PROFILE ?= default
+DATA    ?=
+FORCE   ?= 0
+RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force)
+
+.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp bench tables figures lock clean-results
+
+install: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# ---- experiments (each reuses saved results whose config is unchanged; FORCE=1 recomputes) ----
+fgs ioi density kappa curves results qualitative flops evtp selectors: $(STAMP)
+	$(RUN) $@
+
+bench: $(STAMP)
+	$(RUN) bench
+
+tables: $(STAMP)
+	$(RUN) tables
+
+figures: $(STAMP)
+	$(RUN) figures
+
+reports: $(STAMP)
+	$(RUN) all
+
+# Regenerate the lock from a fresh environment (maintainers only; needs the package registry).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[pretrained,test]"
+	{ head -2 requirements/lock.txt; .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e'; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt && rm -rf .lockenv
+
+clean-results:
+	rm -rf results reports/*.md reports/*/

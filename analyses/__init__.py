@@ -1,0 +1,1 @@
+"""Analyses: render tables and figures from saved results into reports/."""

@@ -1,0 +1,5 @@
+import sys
+
+from vppkit.cli import main
+
+sys.exit(main())

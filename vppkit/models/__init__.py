@@ -1,0 +1,1 @@
+"""Models: PrunableViT (``vit``), pruners (``pruning``), the VIS head (``vis``), shared records (``records``)."""
