@@ -1,0 +1,1 @@
+"""vppkit.metrics."""
