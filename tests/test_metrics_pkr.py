@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vppkit.metrics.pkr import PKRAccumulator, frame_pkr, nominal_pkr, vpp_nominal_fractions
+from vppkit.metrics.pkr import PKRAccumulator, frame_pkr, nominal_pkr
+from vppkit.models.pruning.schedules import VPPSchedule
 from vppkit.models.records import KeepRecord
 
 
@@ -22,12 +23,12 @@ def _record(counts_per_frame: list[list[int]], grid: tuple[int, int]) -> KeepRec
 
 def test_nominal_vpp_schedules():
     f055 = [1, .7, .7] + [.56] * 3 + [.448] * 3 + [.3584] * 3
-    assert vpp_nominal_fractions(0.7, 0.8) == pytest.approx(f055)
+    assert VPPSchedule(0.7, 0.8).block_keep_fractions() == pytest.approx(f055)
     assert nominal_pkr(f055) == pytest.approx(6.4992 / 12)
     assert round(100 * nominal_pkr(f055), 2) == 54.16
     f04 = [1, .6, .6] + [.42] * 3 + [.294] * 3 + [.2058] * 3
-    assert vpp_nominal_fractions(0.6, 0.7) == pytest.approx(f04)
-    assert round(100 * nominal_pkr(vpp_nominal_fractions(0.6, 0.7)), 2) == 41.33
+    assert VPPSchedule(0.6, 0.7).block_keep_fractions() == pytest.approx(f04)
+    assert round(100 * nominal_pkr(VPPSchedule(0.6, 0.7).block_keep_fractions()), 2) == 41.33
     assert nominal_pkr([1.0] * 12) == 1.0
     with pytest.raises(ValueError):
         nominal_pkr([1.0, 1.2])

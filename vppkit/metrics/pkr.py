@@ -18,7 +18,8 @@ Definition (DESIGN.md §4, vpp-notes §8.2, official ``log_block_sparsity.py``):
   dense), so its density differs from the later frames; the caller says which frames are first.
 
 Nominal PKR of a schedule of keep fractions: :func:`nominal_pkr`, e.g. VPP "0.55 PKR" (m = 0.7, rho = 0.8)
-gives 54.16 % and "0.4 PKR" (m = 0.6, rho = 0.7) gives 41.33 % (:func:`vpp_nominal_fractions`).
+gives 54.16 % and "0.4 PKR" (m = 0.6, rho = 0.7) gives 41.33 % (fractions from
+:meth:`vppkit.models.pruning.schedules.VPPSchedule.block_keep_fractions`).
 """
 
 from __future__ import annotations
@@ -53,40 +54,6 @@ def nominal_pkr(block_fractions: Sequence[float]) -> float:
     if np.any(f < 0) or np.any(f > 1) or not np.all(np.isfinite(f)):
         raise ValueError(f"nominal_pkr: keep fractions must be in [0, 1], got {f.tolist()}")
     return float(f.mean())
-
-
-def vpp_nominal_fractions(m: float, rho: float, depth: int = 12, map_blocks: Sequence[int] = (1, 2),
-                          sm_blocks: Sequence[int] = (3, 6, 9)) -> list[float]:
-    """Nominal keep fraction per block of a VPP schedule (later frames, i.e. with a temporal prior).
-
-    Block 0 dense (1.0); Map-SM keeps the top ``m`` at ``map_blocks``; the SM at ``sm_blocks[s]`` keeps
-    ``m * rho**(s+1)`` of all N (vpp-notes §4: ``selective_module_kr = [m*rho, m*rho^2, m*rho^3]``), in force
-    until the next SM. "0.55 PKR": m = 0.7, rho = 0.8 -> [1, .7, .7, .56 x3, .448 x3, .3584 x3].
-
-    Args:
-        m: Map-SM top-k fraction.
-        rho: per-stage ratio of the geometric SM schedule.
-        depth: number of blocks.
-        map_blocks: blocks using the Map-SM mask (0-based).
-        sm_blocks: blocks holding an SM (0-based, increasing); each mask lasts until the next SM.
-
-    Returns:
-        list of ``depth`` fractions.
-
-    Raises:
-        ValueError: m or rho outside (0, 1], or block indices out of range.
-    """
-    if not (0 < m <= 1 and 0 < rho <= 1):
-        raise ValueError(f"vpp_nominal_fractions: m and rho must be in (0, 1], got m={m}, rho={rho}")
-    if any(not 0 < b < depth for b in list(map_blocks) + list(sm_blocks)):
-        raise ValueError(f"vpp_nominal_fractions: block indices must be in 1..{depth - 1}")
-    fractions = [1.0] * depth
-    for b in map_blocks:
-        fractions[b] = m
-    for s, b in enumerate(sorted(sm_blocks)):
-        for bb in range(b, depth):
-            fractions[bb] = m * rho ** (s + 1)
-    return fractions
 
 
 def frame_pkr(record: KeepRecord) -> torch.Tensor:

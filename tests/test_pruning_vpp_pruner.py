@@ -1,0 +1,227 @@
+"""VPPPruner inside PrunableViT: Map-SM / SM placement, temporal state, losses, execution modes (vpp-notes §3, §7, §14)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vppkit.metrics.pkr import frame_pkr
+from vppkit.models.pruning.schedules import VPPSchedule, rho_for_pkr
+from vppkit.models.pruning.vpp import TemporalState, VPPPruner
+from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
+from vppkit.models.records import KeepRecord
+from vppkit.models.vit import build_backbone
+
+IMG = (64, 96)  # vit_nano, patch 16 -> grid 4 x 6, N = 24
+GRID = (4, 6)
+N = 24
+C = 48
+
+
+def _model(**kw) -> torch.nn.Module:
+    return build_backbone("vit_nano", img_size=IMG, pruner=VPPPruner(C, **kw))
+
+
+def _frames(t: int = 3, b: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(b, 3, *IMG, generator=g)
+    return [base + 0.1 * torch.randn(b, 3, *IMG, generator=g) for _ in range(t)]
+
+
+def _is_nested(masks: torch.Tensor, start: int = 1) -> bool:
+    """masks (B, depth, N) bool: the mask in force at block b+1 is a subset of that at block b."""
+    return not (masks[:, start + 1:] & ~masks[:, start:-1]).any()
+
+
+def test_first_frame_has_no_map_sm_and_returns_state():
+    model = _model().eval()
+    (x,) = _frames(1)
+    with torch.no_grad():
+        out = model(x, None, return_intermediates=True)
+    masks = out.keep.masks
+    assert masks[:, :3].all()  # blocks 0-2 dense
+    assert _is_nested(masks, 3)
+    # overhead: only the three SMs
+    assert torch.allclose(out.keep.overhead_macs, torch.full((2,), 3.0 * sm_macs(N, C), dtype=torch.float64))
+    st = out.state
+    assert isinstance(st, TemporalState) and st.valid.all() and st.grid == GRID
+    assert torch.equal(st.key, out.intermediates[1])  # block-0 output
+    assert torch.equal(st.value, out.intermediates[6])  # block-5 output
+    assert torch.equal(st.mask, masks[:, 5])  # mask in force at block 5
+
+
+@pytest.mark.parametrize("execution", ["masked", "gathered"])
+def test_second_frame_map_sm_keeps_floor_nm_and_masks_nest(execution):
+    model = _model().eval()
+    f0, f1 = _frames(2)
+    with torch.no_grad():
+        st = model(f0, None, execution=execution).state
+        out = model(f1, st, execution=execution, return_intermediates=True)
+    masks = out.keep.masks
+    k = math.floor(N * 0.7)
+    assert out.keep.counts[:, 1].tolist() == [k, k] and out.keep.counts[:, 2].tolist() == [k, k]
+    assert torch.equal(masks[:, 1], masks[:, 2])
+    assert _is_nested(masks, 1)
+    expected = map_sm_macs(N, C) + 3 * sm_macs(N, C)
+    assert torch.allclose(out.keep.overhead_macs, torch.full((2,), float(expected), dtype=torch.float64))
+    # the next key is the block-0 output, not the block-2 output (official in-place scatter bug, §12.1)
+    assert torch.equal(out.state.key, out.intermediates[1])
+    kept = masks[:, 1]
+    assert not torch.allclose(out.state.key[kept], out.intermediates[3][kept])
+
+
+def test_mixed_batch_new_video_runs_dense_blocks_1_2():
+    model = _model().eval()
+    f0, f1 = _frames(2)
+    with torch.no_grad():
+        st = model(f0, None).state.reset(torch.tensor([True, False]))
+        out = model(f1, st)
+    counts = out.keep.counts
+    assert counts[0, 1:3].tolist() == [N, N]
+    assert counts[1, 1:3].tolist() == [math.floor(N * 0.7)] * 2
+    oh = out.keep.overhead_macs
+    assert oh[1] - oh[0] == pytest.approx(map_sm_macs(N, C))
+    assert out.state.valid.all()  # both samples now have a previous frame
+    # the continuing sample gets the same mask as when run alone (deterministic mode)
+    det = _model(inference_noise=False).eval()
+    det.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        st = det(f0, None).state
+        mixed = det(f1, st.reset(torch.tensor([True, False]))).keep.masks
+        alone = det(f1[1:], TemporalState(st.key[1:], st.value[1:], st.mask[1:], st.grid, st.valid[1:])).keep.masks
+    assert torch.equal(mixed[1], alone[0])
+
+
+def test_deterministic_mode_is_repeatable():
+    model = _model(inference_noise=False).eval()
+    f0, f1 = _frames(2)
+    with torch.no_grad():
+        runs = []
+        for _ in range(2):
+            o0 = model(f0, None)
+            o1 = model(f1, o0.state)
+            runs.append((o0.keep.masks, o1.keep.masks, o1.tokens))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert model.pruner.extra_meta()["inference_noise"] is False
+
+
+def test_masked_and_gathered_agree_in_deterministic_mode():
+    model = _model(inference_noise=False).double().eval()
+    f0, f1 = (f.double() for f in _frames(2))
+    with torch.no_grad():
+        outs = {}
+        for mode in ("masked", "gathered"):
+            o0 = model(f0, None, execution=mode)
+            outs[mode] = (o0, model(f1, o0.state, execution=mode))
+    for i in range(2):
+        a, b = outs["masked"][i], outs["gathered"][i]
+        assert torch.equal(a.keep.masks, b.keep.masks)
+        assert torch.allclose(a.tokens, b.tokens, atol=1e-9)
+        assert torch.allclose(a.state.value, b.state.value, atol=1e-9)
+
+
+def test_gradients_reach_map_sm_and_sms_through_task_loss_masked_mode():
+    model = _model().train()
+    f0, f1 = _frames(2)
+    st = model(f0, None).state
+    out = model(f1, st)
+    assert out.keep.meta["execution"] == "masked"
+    out.tokens.pow(2).mean().backward()  # task loss only: gradient via the straight-through masks
+    for name, p in model.pruner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_three_frame_chain_passes_state_and_gradient():
+    model = _model().train()
+    frames = _frames(3)
+    frames[0].requires_grad_(True)
+    st, losses = None, []
+    for t, f in enumerate(frames):
+        out = model(f, st)
+        assert out.keep.counts[:, 1].tolist() == ([N, N] if t == 0 else [math.floor(N * 0.7)] * 2)
+        assert out.aux_loss.requires_grad and out.aux_loss.item() >= 0
+        losses.append(out.aux_loss)
+        st = out.state
+    out.tokens.sum().backward()  # frame-2 output depends on frame 0 only through the chained states
+    assert frames[0].grad is not None and frames[0].grad.abs().sum() > 0
+    # detached state: no gradient reaches the previous frame
+    a = _frames(2, seed=1)
+    a[0].requires_grad_(True)
+    model(a[1], model(a[0], None).state.detach()).tokens.sum().backward()
+    assert a[0].grad is None
+
+
+def test_sparsity_loss_value_matches_recorded_masks():
+    model = _model(inference_noise=False).eval()
+    f0, f1 = _frames(2)
+    with torch.no_grad():
+        o0 = model(f0, None)
+        o1 = model(f1, o0.state)
+    targets = VPPSchedule.preset("pkr55").sm_targets
+    frac = [o0.keep.masks[:, b].double().mean().item() for b in (3, 6, 9)]
+    expected = 40 * sum((f - k) ** 2 for f, k in zip(frac, targets)) / 3
+    assert o0.aux_loss.item() == pytest.approx(expected, rel=1e-5)
+    assert o1.aux_loss.item() > 0
+
+
+def test_bad_state_is_rejected():
+    model = _model().eval()
+    f0, f1 = _frames(2)
+    with torch.no_grad():
+        st = model(f0, None).state
+        with pytest.raises(ValueError, match="TemporalState"):
+            model(f1, {"key": st.key})
+        with pytest.raises(ValueError, match="new video"):
+            model(f1[:1], st)
+    with pytest.raises(ValueError, match="value_block"):
+        VPPPruner(C, value_block=0)
+    with pytest.raises(ValueError, match="C=48"):
+        build_backbone("vit_micro", img_size=IMG, pruner=VPPPruner(C))(f0)
+
+
+def _force_sm_ratio(pruner: VPPPruner, ratio: float) -> None:
+    """Make every SM keep each incoming token with probability ``ratio`` (noise on): f0 - f1 = logit(ratio)/tau."""
+    for sm in pruner.sms:
+        torch.nn.init.zeros_(sm.mlp.fc2.weight)
+        with torch.no_grad():
+            sm.mlp.fc2.bias.copy_(torch.tensor([math.log(ratio / (1 - ratio)) / sm.tau, 0.0]))
+
+
+@pytest.mark.parametrize("preset", ["pkr55", "pkr40"])
+def test_realised_pkr_matches_nominal_when_targets_are_hit(preset):
+    """An untrained pruner whose SMs realise their targets in expectation gives the nominal PKR (§11.1)."""
+    sched = VPPSchedule.preset(preset)
+    pruner = VPPPruner(16, preset).eval()  # official inference noise on
+    _force_sm_ratio(pruner, sched.rho)
+    grid, b = (40, 40), 2
+    n = grid[0] * grid[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, n, 16, generator=g)
+
+    def run(state):
+        ctx = pruner.begin(x, grid, state)
+        keep, masks = torch.ones(b, n), []
+        for blk in range(12):
+            keep = pruner.before_block(blk, x, keep, ctx)
+            masks.append(keep > 0.5)
+            pruner.after_block(blk, x, keep, ctx)
+        st, _, overhead = pruner.finish(ctx)
+        return st, KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead)
+
+    with torch.no_grad():
+        st, rec0 = run(None)
+        _, rec1 = run(st)
+    assert frame_pkr(rec1).mean().item() == pytest.approx(sched.nominal_pkr(), abs=0.01)
+    assert rec0.masks[:, :3].all()  # first frame: no Map-SM
+    assert rec1.counts[:, 1].tolist() == [math.floor(n * sched.m)] * b
+    realised = (rec1.counts.double() / n).mean(0).tolist()
+    assert realised == pytest.approx(sched.block_keep_fractions(), abs=0.03)
+
+
+def test_schedule_overrides_and_rho_for_pkr():
+    rho = rho_for_pkr(0.55, 0.7)
+    p = VPPPruner(C, "pkr55", rho=rho)
+    assert p.schedule.nominal_pkr() == pytest.approx(0.55, abs=1e-9)
+    assert VPPPruner(C, "pkr40").schedule.sm_targets == pytest.approx((0.42, 0.294, 0.2058))
