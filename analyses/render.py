@@ -1,0 +1,48 @@
+"""Write tables (Markdown + CSV + LaTeX) and figures (PNG + PDF) atomically.
+
+Every table and figure of the reports goes through :func:`write_table` / :func:`save_figure`, so each
+artifact exists in all formats and no reader ever sees a half-written file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are rendered on machines without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vppkit.utils.io import atomic_path, atomic_write_text  # noqa: E402
+
+TABLE_FORMATS = ("md", "csv", "tex")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".2f") -> dict[str, Path]:
+    """Write ``df`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex``; returns the paths by format.
+
+    Column names should carry their unit (e.g. ``"AP (%)"``, ``"GMACs"``).
+    """
+    stem = Path(stem)
+    paths = {fmt: stem.with_suffix(f".{fmt}") for fmt in TABLE_FORMATS}
+    atomic_write_text(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    atomic_write_text(paths["csv"], df.to_csv(index=False))
+    latex = df.to_latex(index=False, float_format=lambda v: format(v, floatfmt), na_rep="--", escape=True)
+    atomic_write_text(paths["tex"], latex)
+    return paths
+
+
+def save_figure(fig: plt.Figure, stem: str | Path, dpi: int = 150) -> dict[str, Path]:
+    """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` and close it; returns the paths by format."""
+    stem = Path(stem)
+    paths = {fmt: stem.with_suffix(f".{fmt}") for fmt in FIGURE_FORMATS}
+    try:
+        for fmt, path in paths.items():
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return paths

@@ -1,0 +1,127 @@
+"""Render saved results into tables/figures and write ``reports/<profile>/index.md`` and ``reports/index.md``.
+
+Renderers (``analyses.tables.TABLES`` and ``analyses.figures.FIGURES``) map an artifact name to a function
+``fn(ctx, result) -> list[Entry]``; each entry is one table or figure with its files and a caption. The
+entries of every rendered artifact are kept in ``reports/<profile>/manifest.json`` so the index links
+everything that was produced, with the provenance (profile, seed, commit, time) of the result behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from experiments.common import REPORTS_ROOT, Context
+from vppkit.utils.io import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class Entry:
+    """One rendered table or figure.
+
+    Attributes:
+        kind: "table" or "figure".
+        title: heading in the index (paper artifact name, e.g. "IoI by object size (Table 8)").
+        files: format -> path (md/csv/tex or png/pdf), relative to the profile's report folder.
+        caption: what is shown, with units; says which numbers are the paper's and which are ours.
+        inline: Markdown shown in the index (e.g. the table itself, or the figure image link).
+    """
+
+    kind: str
+    title: str
+    files: dict[str, str]
+    caption: str = ""
+    inline: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _manifest_path(ctx: Context) -> Path:
+    return ctx.reports_dir / "manifest.json"
+
+
+def _load_manifest(ctx: Context) -> dict:
+    path = _manifest_path(ctx)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def relative(ctx: Context, paths: dict) -> dict[str, str]:
+    """Paths relative to the profile's report folder (for links in index.md)."""
+    return {fmt: str(Path(p).resolve().relative_to(ctx.reports_dir.resolve())) for fmt, p in paths.items()}
+
+
+def render_artifact(ctx: Context, name: str, result: dict, kinds: tuple[str, ...] = ("tables", "figures")) -> None:
+    """Render one artifact's tables and/or figures and record them in the manifest."""
+    from analyses.figures import FIGURES
+    from analyses.tables import TABLES
+
+    entries: list[Entry] = []
+    if "tables" in kinds and name in TABLES:
+        entries += TABLES[name](ctx, result)
+    if "figures" in kinds and name in FIGURES:
+        entries += FIGURES[name](ctx, result)
+    manifest = _load_manifest(ctx)
+    kept = [e for e in manifest.get(name, {}).get("entries", [])
+            if (e["kind"] == "table" and "tables" not in kinds) or (e["kind"] == "figure" and "figures" not in kinds)]
+    manifest[name] = {"entries": kept + [asdict(e) for e in entries], "provenance": result.get("provenance", {})}
+    atomic_write_json(_manifest_path(ctx), manifest)
+
+
+def render_saved(ctx: Context, kind: str) -> None:
+    """Render ``kind`` ("tables" or "figures") for every artifact whose result is saved."""
+    from experiments.run import ARTIFACTS
+
+    for name in ARTIFACTS:
+        result = ctx.load_result(name)
+        if result is not None:
+            render_artifact(ctx, name, result, kinds=(kind,))
+
+
+def _provenance_line(prov: dict) -> str:
+    keys = ("profile", "seed", "commit", "time_utc", "device", "seconds")
+    return ", ".join(f"{k} `{prov[k]}`" for k in keys if prov.get(k) is not None)
+
+
+def write_index(ctx: Context) -> Path:
+    """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``."""
+    from experiments.run import ARTIFACTS
+
+    manifest = _load_manifest(ctx)
+    lines = [f"# vppkit report — profile `{ctx.profile}`", "",
+             "Every number below was computed by the run named under it (profile, seed, commit, time), "
+             "except values labelled **paper**, which are quoted from the source documents.", ""]
+    reading = ctx.reports_dir / "reading.md"
+    if reading.exists():
+        lines += ["See also: [reading of the results](reading.md).", ""]
+    for name in ARTIFACTS:
+        if name not in manifest:
+            continue
+        info = manifest[name]
+        for e in info["entries"]:
+            links = " · ".join(f"[{fmt}]({path})" for fmt, path in e["files"].items())
+            lines += [f"## {e['title']}", "", links, ""]
+            if e.get("inline"):
+                lines += [e["inline"], ""]
+            if e.get("caption"):
+                lines += [e["caption"], ""]
+        lines += [f"<sub>{name}: {_provenance_line(info.get('provenance', {}))}</sub>", ""]
+    path = atomic_write_text(ctx.reports_dir / "index.md", "\n".join(lines))
+    _write_top_index()
+    return path
+
+
+def _write_top_index() -> Path:
+    profiles = sorted(p.parent.name for p in REPORTS_ROOT.glob("*/index.md"))
+    lines = ["# vppkit reports", "", "One report per profile that was run (`make reports PROFILE=...`).", ""]
+    for prof in profiles:
+        lines.append(f"- [{prof}]({prof}/index.md)")
+        manifest_path = REPORTS_ROOT / prof / "manifest.json"
+        if manifest_path.exists():
+            for name, info in json.loads(manifest_path.read_text()).items():
+                for e in info["entries"]:
+                    links = ", ".join(f"[{fmt}]({prof}/{path})" for fmt, path in e["files"].items())
+                    lines.append(f"  - {e['title']}: {links}")
+    bench = REPORTS_ROOT / "bench.md"
+    if bench.exists():
+        lines += ["", "- [speed benchmark](bench.md)"]
+    return atomic_write_text(REPORTS_ROOT / "index.md", "\n".join(lines) + "\n")
