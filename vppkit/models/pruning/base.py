@@ -1,0 +1,216 @@
+"""The Pruner protocol: how a token-pruning method plugs into :class:`vppkit.models.vit.PrunableViT`.
+
+A pruner decides, before each ViT block b (0-based), the keep mask *in force at block b* over the N patch
+tokens of the full grid (DESIGN.md §3). The backbone owns execution (masked or gathered), the pruner owns
+decisions. All per-forward information lives in a :class:`PruneContext` created by :meth:`Pruner.begin` and
+thrown away after :meth:`Pruner.finish`; temporal information (VPP's Map-SM key/value/mask) is passed in as
+``state`` and returned as ``next_state`` — never stored on the module.
+
+Call order inside ``PrunableViT.forward`` (patch tokens only; CLS/register tokens are never pruned)::
+
+    ctx  = pruner.begin(x0, grid, state)                 # x0: (B, N, C) patch embedding + pos embed
+    keep = ones(B, N)
+    for b in range(depth):
+        keep = pruner.before_block(b, x, keep, ctx)      # x: (B, N, C) tokens entering block b
+        x    = run block b on the tokens kept by ``keep`` # masked or gathered
+        pruner.after_block(b, x, keep, ctx, attn)        # x: (B, N, C) output of block b; attn only if
+                                                         #    b in pruner.needs_attention, else None
+    next_state, aux_loss, overhead_macs = pruner.finish(ctx)
+
+``keep`` is a float (B, N) tensor whose forward value is exactly 0/1 (straight-through in training so the
+gradient reaches the gates through ``x = m * block(x) + (1 - m) * x``). A pruner that wants nested masks
+(VPP, DynamicViT) multiplies by the incoming ``keep``; one that allows reactivation (SViT) ignores it.
+
+How the methods fit:
+- VPP: ``after_block(0)`` saves the block-0 output (next frame's Map-SM key, cloned), ``before_block(1)`` runs
+  Map-SM against ``state`` (skipped when ``state is None``: first frame, blocks 1-2 dense), SMs at 3/6/9,
+  ``after_block(5)`` saves the block-5 output and the mask in force at block 5 (Map-SM value + mask).
+- SViT / DynamicViT: gates in ``before_block``; sparsity loss accumulated in ``ctx`` and returned by ``finish``.
+- EViT / attention-received selectors: ``needs_attention`` names the blocks whose attention the backbone must
+  compute; it arrives as :class:`BlockAttention` in ``after_block`` and drives the next ``before_block``.
+- ToMe: ``merges_tokens = True``; the backbone runs its merging loop instead (see ``tome.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BlockAttention:
+    """Attention statistics of one block, on the full patch grid (0 at tokens that did not take part).
+
+    Attributes:
+        cls: (B, N) attention from the CLS token to each patch token, mean over heads; ``None`` when the
+            backbone has no CLS token.
+        received: (B, N) attention each patch token receives, mean over the block's (kept) query tokens,
+            prefix queries included, then over heads (VisPruner's SigLIP path, evtp-notes).
+    """
+
+    cls: torch.Tensor | None
+    received: torch.Tensor
+
+    def score(self) -> torch.Tensor:
+        """CLS attention when available, else the attention received (EViT's rule, evtp-notes). (B, N)."""
+        return self.cls if self.cls is not None else self.received
+
+
+@dataclass
+class PruneContext:
+    """Per-forward working memory of a pruner (never stored on the module).
+
+    Attributes:
+        grid: (H_p, W_p) patch grid, ``N = H_p * W_p``.
+        batch: B.
+        num_patches: N.
+        dim: C, token width.
+        state: the temporal state passed to ``forward`` (``None`` for the first frame / image models).
+        noise: whether stochastic decisions (Gumbel noise) are on for this forward.
+        training: the pruner's ``training`` flag at ``begin``.
+        overhead_macs: (B,) float64, the pruner's own cost per sample in MACs, accumulated by the pruner.
+        losses: scalar tensors summed into ``aux_loss`` by the default :meth:`Pruner.finish`.
+        data: free per-method storage (e.g. the ratios seen by each gate, VPP's saved key/value).
+    """
+
+    grid: tuple[int, int]
+    batch: int
+    num_patches: int
+    dim: int
+    state: Any = None
+    noise: bool = False
+    training: bool = False
+    overhead_macs: torch.Tensor | None = None
+    losses: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def add_overhead(self, macs: float | torch.Tensor) -> None:
+        """Add ``macs`` (a number for every sample, or a (B,) tensor) to the per-sample overhead."""
+        self.overhead_macs = self.overhead_macs + torch.as_tensor(macs, dtype=torch.float64).cpu()
+
+
+class Pruner(nn.Module):
+    """Base class of all pruners (also the dense pruner: every hook is a no-op).
+
+    Args:
+        inference_noise: keep stochastic (Gumbel) decisions at inference (the official VPP behaviour) instead
+            of the deterministic argmax / top-k rule. DESIGN.md §3; a report must say which one it used.
+
+    Class attributes:
+        name: method name stored in ``KeepRecord.meta['method']``.
+        needs_attention: 0-based blocks whose attention statistics the backbone must compute and pass to
+            :meth:`after_block` (costs an explicit attention computation for those blocks).
+        merges_tokens: True for merging methods (ToMe): the backbone calls :meth:`merge_forward` instead.
+        supports_masked: False when the method has no masked (training) execution.
+    """
+
+    name: str = "dense"
+    needs_attention: frozenset = frozenset()
+    merges_tokens: bool = False
+    supports_masked: bool = True
+
+    def __init__(self, inference_noise: bool = False) -> None:
+        super().__init__()
+        self.inference_noise = bool(inference_noise)
+
+    # ---- protocol ----
+    def use_noise(self) -> bool:
+        """Gumbel noise on: always in training, at inference only with ``inference_noise``."""
+        return self.training or self.inference_noise
+
+    def begin(self, x0: torch.Tensor, grid: tuple[int, int], state: Any = None) -> PruneContext:
+        """Start a forward pass.
+
+        Args:
+            x0: (B, N, C) patch tokens after patch embedding + position embedding.
+            grid: (H_p, W_p), ``H_p * W_p == N``.
+            state: temporal state from the previous frame, or ``None``.
+
+        Returns:
+            A fresh :class:`PruneContext`.
+        """
+        b, n, c = x0.shape
+        return PruneContext(grid=tuple(grid), batch=b, num_patches=n, dim=c, state=state, noise=self.use_noise(),
+                            training=self.training, overhead_macs=torch.zeros(b, dtype=torch.float64))
+
+    def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
+        """Return the keep mask in force at block ``b``.
+
+        Args:
+            b: 0-based block index.
+            x: (B, N, C) patch tokens entering block b (pruned tokens carry their last value).
+            keep: (B, N) float mask in force at block b-1 (all ones before block 0).
+            ctx: this forward's context.
+
+        Returns:
+            (B, N) float mask with forward values exactly 0/1 (straight-through gradient allowed).
+        """
+        return keep
+
+    def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
+                    attn: BlockAttention | None = None) -> None:
+        """Observe the output of block ``b``: (B, N, C) patch tokens, the mask used, attention if requested."""
+
+    def finish(self, ctx: PruneContext) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """End the forward pass.
+
+        Returns:
+            ``(next_state, aux_loss, overhead_macs)``: the state for the next frame (``None`` here), the scalar
+            sparsity loss (sum of ``ctx.losses``, 0 when empty) and (B,) float64 overhead MACs per sample.
+        """
+        loss = torch.stack([l.reshape(()) for l in ctx.losses]).sum() if ctx.losses else torch.zeros(())
+        return None, loss, ctx.overhead_macs
+
+    def extra_meta(self) -> dict:
+        """Extra information for ``KeepRecord.meta`` (keep targets, ratios, ...)."""
+        return {}
+
+
+class DensePruner(Pruner):
+    """No pruning: every block processes all patch tokens. Used when ``PrunableViT(pruner=None)``."""
+
+    name = "dense"
+
+
+class ExternalMaskPruner(Pruner):
+    """Applies keep masks given from outside through ``state`` (training-free selectors, FLOPs at a schedule).
+
+    ``state`` passed to ``PrunableViT.forward`` must be a bool tensor of shape (B, depth, N) or (depth, N)
+    (the same schedule for every sample): ``state[:, b]`` is the keep mask in force at block b. The same
+    tensor is returned as the next state. Masks are used as given (no nesting is imposed).
+
+    Raises:
+        ValueError: (in ``begin``) when ``state`` is missing or has the wrong shape.
+    """
+
+    name = "external"
+
+    def begin(self, x0: torch.Tensor, grid: tuple[int, int], state: Any = None) -> PruneContext:
+        ctx = super().begin(x0, grid, state)
+        if not torch.is_tensor(state):
+            raise ValueError("ExternalMaskPruner needs state = keep masks (B, depth, N) or (depth, N) bool, got "
+                             f"{type(state).__name__}")
+        masks = state if state.dim() == 3 else state.unsqueeze(0).expand(ctx.batch, -1, -1)
+        if masks.dim() != 3 or masks.shape[0] != ctx.batch or masks.shape[2] != ctx.num_patches:
+            raise ValueError(f"ExternalMaskPruner: masks {tuple(state.shape)} do not fit batch {ctx.batch} and "
+                             f"N={ctx.num_patches} patch tokens")
+        ctx.data["masks"] = masks.to(x0.device).bool()
+        return ctx
+
+    def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
+        masks = ctx.data["masks"]
+        if b >= masks.shape[1]:
+            raise ValueError(f"ExternalMaskPruner: no mask for block {b} (masks cover {masks.shape[1]} blocks)")
+        return masks[:, b].to(x.dtype)
+
+    def finish(self, ctx: PruneContext):
+        _, loss, overhead = super().finish(ctx)
+        return ctx.state, loss, overhead
+
+
+def linear_macs(tokens: int, in_features: int, out_features: int) -> float:
+    """MACs of a Linear layer applied to ``tokens`` tokens (bias and norms not counted)."""
+    return float(tokens) * in_features * out_features

