@@ -1,0 +1,460 @@
+"""Procedural video instance segmentation data in YouTube-VIS format (the project's embedded default data).
+
+Deterministic from a seed (numpy ``default_rng([seed, video_index])``). Each video has:
+
+- 2-4 instances from 4 categories that differ in shape AND texture (striped disc, checkered square,
+  dotted triangle, ringed star), each with its own colour pair and a little shading;
+- smooth motion (start -> roughly mirrored end point through the frame centre, plus a sinusoidal
+  wobble), rotation and a scale change over the video (area x0.78 .. x1.28);
+- occlusions: instances are drawn in a fixed depth order (larger size bins behind smaller ones, random
+  within a bin) and the annotation is the *visible* (modal) mask, as in YouTube-VIS; paths cross near
+  the centre so occlusions are common;
+- instances entering late and leaving early (``null`` segmentation while absent), and in every third
+  video (index % 3 == 1) the first two frames contain no object at all;
+- a cluttered, textured, slowly panning background with distractors: the same shapes and textures but
+  low-contrast or blurred, not annotated, so early-layer features are not trivially foreground-selective;
+- instance sizes assigned per instance to the IoI size bins (S <= 10 %, 10 % < M <= 20 %, L > 20 % of the
+  frame area, supplementary §D) by cycling over the generated set, so all bins are covered
+  (check with :func:`size_bin_stats`; occlusion can move a visible size across a bin edge).
+
+Output layout: ``<out_dir>/JPEGImages/<video name>/%05d.{jpg,png}`` and ``<out_dir>/instances.json``
+(``file_names`` relative to ``<out_dir>/JPEGImages``; ``info.frames_root = "JPEGImages"``).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from vppkit.data.ytvis import encode_mask, mask_bbox, save_ytvis
+from vppkit.utils.io import atomic_write_bytes
+
+__all__ = ["CATEGORIES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bin", "generate_synthetic", "synthetic_dataset", "size_bin_stats",
+           "render_video"]
+
+#: category id -> (name, shape, texture)
+CATEGORIES = [
+    {"id": 1, "name": "striped_disc", "shape": "disc", "texture": "stripes"},
+    {"id": 2, "name": "checkered_square", "shape": "square", "texture": "checker"},
+    {"id": 3, "name": "dotted_triangle", "shape": "triangle", "texture": "dots"},
+    {"id": 4, "name": "ringed_star", "shape": "star", "texture": "rings"},
+]
+#: IoI size bins by the instance's share of the frame area: (low, high], supplementary §D.
+SIZE_BINS = {"S": (0.0, 0.10), "M": (0.10, 0.20), "L": (0.20, 1.0)}
+#: target (amodal) area fraction at mid-video per bin; the zoom keeps it inside the bin.
+_TARGET_AREA = {"S": (0.03, 0.065), "M": (0.145, 0.17), "L": (0.27, 0.32)}
+_BIN_CYCLE = ("S", "M", "L")
+JSON_NAME = "instances.json"
+#: bump when the generator's output changes (part of the cache key of :func:`synthetic_dataset` and of ``info``)
+GENERATOR_VERSION = 1
+
+
+def size_bin(fraction: float) -> str:
+    """IoI size bin ("S" / "M" / "L") of an area fraction of the frame (0..1), bins as in :data:`SIZE_BINS`."""
+    if fraction <= SIZE_BINS["S"][1]:
+        return "S"
+    if fraction <= SIZE_BINS["M"][1]:
+        return "M"
+    return "L"
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def _shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bool mask of a unit shape in object coordinates (u, v) (radius 1 = the shape's outer extent)."""
+    if shape == "disc":
+        return u * u + v * v <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.78
+    if shape == "triangle":  # equilateral, circumradius 1
+        out = np.ones(u.shape, bool)
+        for k in range(3):
+            a = np.pi / 2 + k * 2 * np.pi / 3
+            out &= (u * np.cos(a) + v * np.sin(a)) >= -0.5
+        return out
+    if shape == "star":  # smooth 5-point star
+        rho, theta = np.hypot(u, v), np.arctan2(v, u)
+        return rho <= 0.68 + 0.32 * np.cos(5 * theta)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _texture(texture: str, u: np.ndarray, v: np.ndarray, freq: float) -> np.ndarray:
+    """Bool pattern in object coordinates, ``freq`` periods per unit radius."""
+    if texture == "stripes":
+        return np.sin(2 * np.pi * freq * u) > 0
+    if texture == "checker":
+        return ((np.floor(freq * u) + np.floor(freq * v)) % 2) == 0
+    if texture == "dots":
+        fu, fv = (freq * u) % 1.0 - 0.5, (freq * v) % 1.0 - 0.5
+        return fu * fu + fv * fv < 0.09
+    if texture == "rings":
+        return np.sin(2 * np.pi * freq * np.hypot(u, v)) > 0
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _area_factor(shape: str) -> float:
+    """Area of the unit shape (in units of radius^2), measured on a fine grid."""
+    g = np.linspace(-1, 1, 801)
+    u, v = np.meshgrid(g, g)
+    return float(_shape(shape, u, v).mean() * 4.0)
+
+
+def _vivid(rng: np.random.Generator) -> np.ndarray:
+    """A saturated RGB colour (float 0..255)."""
+    h = rng.uniform(0, 1)
+    rgb = np.clip(np.abs(((h * 6 + np.array([0, 4, 2])) % 6) - 3) - 1, 0, 1)  # hsv->rgb with s=v=1
+    s, val = rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95)
+    return 255 * val * (1 - s + s * rgb)
+
+
+def _dull(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
+    return np.clip(base + rng.normal(0, 40, 3), 0, 255)
+
+
+def _object_coords(yy, xx, cx, cy, r, angle):
+    dx, dy = (xx - cx) / r, (yy - cy) / r
+    c, s = np.cos(angle), np.sin(angle)
+    return c * dx + s * dy, -s * dx + c * dy
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Textured, cluttered background canvas (h, w, 3) float with unannotated distractor shapes."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(70, 180, 3)
+    img = np.broadcast_to(base, (h, w, 3)).astype(np.float32).copy()  # float32 canvas throughout
+    for _ in range(3):  # smooth colour field
+        f = rng.uniform(0.5, 2.5) * 2 * np.pi / max(h, w)
+        a = rng.uniform(0, 2 * np.pi)
+        wave = np.sin(f * (np.cos(a) * xx + np.sin(a) * yy) + rng.uniform(0, 2 * np.pi))
+        img += wave[..., None] * rng.normal(0, 18, 3)
+    # clutter: patches of background-coloured stripes / checker / dots (low contrast)
+    for _ in range(int(rng.integers(6, 11))):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.08, 0.3) * min(h, w)
+        u, v = _object_coords(yy, xx, cx, cy, r, rng.uniform(0, np.pi))
+        region = (np.abs(u) <= 1) & (np.abs(v) <= rng.uniform(0.4, 1))
+        tex = _texture(str(rng.choice(["stripes", "checker", "dots"])), u, v, rng.uniform(2, 6))
+        img[region & tex] = 0.45 * img[region & tex] + 0.55 * _dull(rng, base)
+    # distractors: object shapes + textures, low-contrast or blurred, never annotated
+    layer = np.zeros((h, w, 3), np.float32)
+    alpha = np.zeros((h, w), np.float32)
+    blur_layer = np.zeros((h, w, 3), np.float32)
+    blur_alpha = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(4, 8))):
+        cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+        r = np.sqrt(rng.uniform(0.01, 0.08) * h * w / _area_factor(cat["shape"]))
+        u, v = _object_coords(yy, xx, rng.uniform(0, w), rng.uniform(0, h), r, rng.uniform(0, 2 * np.pi))
+        m = _shape(cat["shape"], u, v)
+        tex = _texture(cat["texture"], u, v, rng.uniform(2, 4))
+        blurred = rng.uniform() < 0.5
+        c1 = _vivid(rng) if blurred else _dull(rng, base)
+        c2 = _dull(rng, base)
+        col = np.where(tex[..., None], c1, c2)
+        if blurred:
+            blur_layer[m], blur_alpha[m] = col[m], rng.uniform(0.6, 0.9)
+        else:
+            layer[m], alpha[m] = col[m], rng.uniform(0.35, 0.6)
+    img = img * (1 - alpha[..., None]) + layer * alpha[..., None]
+    radius = float(rng.uniform(1.5, 2.5))
+    pre = np.concatenate([blur_layer * blur_alpha[..., None], blur_alpha[..., None] * 255], axis=2)
+    pre = np.asarray(Image.fromarray(np.clip(pre, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+                     np.float32)
+    a = pre[..., 3:] / 255.0
+    img = img * (1 - a) + pre[..., :3]
+    return img
+
+
+def _plan_instances(rng: np.random.Generator, video_index: int, first_instance: int, num_frames: int,
+                    height: int, width: int) -> list[dict]:
+    """Per-instance category, size bin, trajectory and presence interval."""
+    k_count = int(rng.integers(2, 5))
+    t_last = max(num_frames - 1, 1)
+    empty_start = 2 if (video_index % 3 == 1 and num_frames > 3) else 0
+    plans = []
+    for k in range(k_count):
+        g = first_instance + k
+        cat = CATEGORIES[g % len(CATEGORIES)]
+        sbin = _BIN_CYCLE[(g + g // len(CATEGORIES)) % 3]
+        if sbin == "L" and any(p["bin"] == "L" for p in plans):
+            sbin = "M"  # at most one L instance per video: two would hide each other
+        area = rng.uniform(*_TARGET_AREA[sbin]) * height * width
+        r0 = float(np.sqrt(area / _area_factor(cat["shape"])))
+        centre = np.array([width / 2, height / 2])
+        reach = np.maximum(np.array([width, height]) / 2 - 0.9 * r0, 0.1 * min(height, width))
+        a = rng.uniform(0, 2 * np.pi)
+        p0 = centre + rng.uniform(0.5, 1.0) * reach * np.array([np.cos(a), np.sin(a)])
+        p1 = centre - (p0 - centre) * rng.uniform(0.6, 1.0) + rng.normal(0, 0.1, 2) * reach
+        t_in, t_out = empty_start, num_frames
+        if k > 0 and num_frames >= 6:
+            u = rng.uniform()
+            if u < 0.35:
+                t_in = int(rng.integers(max(empty_start, 1), num_frames // 2))
+            elif u < 0.7:
+                t_out = int(rng.integers(num_frames // 2 + 1, num_frames))
+        plans.append({"category": cat, "bin": sbin, "r0": r0, "p0": p0, "p1": p1, "t_in": t_in, "t_out": t_out,
+                      "zoom": rng.uniform(-0.25, 0.25), "angle0": rng.uniform(0, 2 * np.pi),
+                      "spin": rng.uniform(-0.08, 0.08), "wobble": rng.uniform(0, 0.06) * min(height, width),
+                      "wphase": rng.uniform(0, 2 * np.pi), "wfreq": rng.uniform(0.5, 1.5) * 2 * np.pi / t_last,
+                      "freq": rng.uniform(2.5, 4.5), "colours": (_vivid(rng), _vivid(rng) * 0.45),
+                      "depth": rng.uniform()})
+    return plans
+
+
+def _pose(p: dict, t: int, tau: float) -> tuple[float, float, float, float]:
+    """Centre x, centre y, radius (pixels) and rotation (radians) of instance plan ``p`` at frame t."""
+    d = p["p1"] - p["p0"]
+    perp = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-6)
+    pos = p["p0"] + d * tau + perp * p["wobble"] * np.sin(p["wfreq"] * t + p["wphase"])
+    r = p["r0"] * np.exp(p["zoom"] * (tau - 0.5))
+    return float(pos[0]), float(pos[1]), float(r), float(p["angle0"] + p["spin"] * t)
+
+
+def _amodal(p: dict, t: int, tau: float, height: int, width: int):
+    """Full (amodal) mask of instance ``p`` at frame t on its bounding-box crop.
+
+    Returns (crop slices, bool mask, u, v) or None when absent / outside the frame.
+    """
+    if not p["t_in"] <= t < p["t_out"]:
+        return None
+    cx, cy, r, angle = _pose(p, t, tau)
+    x0, x1 = max(0, int(np.floor(cx - r))), min(width, int(np.ceil(cx + r)) + 1)
+    y0, y1 = max(0, int(np.floor(cy - r))), min(height, int(np.ceil(cy + r)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    u, v = _object_coords(yy, xx, cx, cy, r, angle)
+    m = _shape(p["category"]["shape"], u, v)
+    return (slice(y0, y1), slice(x0, x1)), m, u, v
+
+
+def _visible_masks(plans: list[dict], order: list[int], num_frames: int, height: int,
+                   width: int) -> list[list[np.ndarray]]:
+    """Visible (modal) masks per instance and frame: amodal mask minus everything drawn in front."""
+    t_last = max(num_frames - 1, 1)
+    masks: list[list[np.ndarray]] = [[] for _ in plans]
+    for t in range(num_frames):
+        front = np.zeros((height, width), bool)
+        for k in reversed(order):  # front to back
+            full = np.zeros((height, width), bool)
+            a = _amodal(plans[k], t, t / t_last, height, width)
+            if a is not None:
+                full[a[0]] = a[1]
+            masks[k].append(full & ~front)
+            front |= full
+    return masks
+
+
+def _fit_sizes(plans: list[dict], masks: list[list[np.ndarray]]) -> bool:
+    """Rescale instances whose mean visible area left their assigned size bin; True if any changed."""
+    changed = False
+    for p, inst in zip(plans, masks):
+        fracs = [float(m.mean()) for m in inst if m.any()]
+        if not fracs:
+            continue
+        mean = float(np.mean(fracs))
+        if size_bin(mean) != p["bin"]:
+            target = float(np.mean(_TARGET_AREA[p["bin"]]))
+            p["r0"] *= float(np.sqrt(np.clip(target / mean, 0.6, 1.8)))
+            changed = True
+    return changed
+
+
+_FIT_ITERS = 5
+
+
+def render_video(seed: int, video_index: int, first_instance: int = 0, num_frames: int = 16, height: int = 192,
+                 width: int = 192) -> tuple[list[np.ndarray], list[dict], list[list[np.ndarray]]]:
+    """Render one synthetic video in memory.
+
+    Instance radii are first planned from the target area of their size bin, then refitted (up to
+    ``_FIT_ITERS`` rounds) until the mean *visible* area (after occlusion and frame clipping) lies in the
+    assigned bin.
+
+    Args:
+        seed: generator seed; with ``video_index`` it fixes everything.
+        video_index: index of the video in its set (drives empty-frame videos).
+        first_instance: global index of the video's first instance (drives category / size-bin cycling).
+        num_frames, height, width: video length and frame size (pixels).
+
+    Returns:
+        frames: list of T uint8 arrays (H, W, 3);
+        plans: per-instance dicts (``category``, ``bin`` = assigned size bin, ...), in instance order;
+        masks: per instance, T visible bool masks (H, W) (all-False when absent or fully occluded).
+    """
+    rng = np.random.default_rng([int(seed), int(video_index)])
+    plans = _plan_instances(rng, video_index, first_instance, num_frames, height, width)
+    pad = max(8, int(0.12 * max(height, width)))
+    canvas = _background(rng, height + 2 * pad, width + 2 * pad)
+    pan = rng.uniform(-1, 1, 2) * pad
+    noise_rng = np.random.default_rng([int(seed), int(video_index), 1])
+    # back to front: larger size bins behind smaller ones (random within a bin), so occlusion is partial
+    order = sorted(range(len(plans)), key=lambda k: (-_BIN_CYCLE.index(plans[k]["bin"]), plans[k]["depth"]))
+    masks = _visible_masks(plans, order, num_frames, height, width)
+    for _ in range(_FIT_ITERS):
+        if not _fit_sizes(plans, masks):
+            break
+        masks = _visible_masks(plans, order, num_frames, height, width)
+    t_last = max(num_frames - 1, 1)
+    frames: list[np.ndarray] = []
+    for t in range(num_frames):
+        tau = t / t_last
+        ox, oy = (pad + pan * (tau - 0.5)).round().astype(int)
+        img = canvas[oy:oy + height, ox:ox + width].copy()
+        for k in order:  # back to front
+            p = plans[k]
+            a = _amodal(p, t, tau, height, width)
+            if a is None:
+                continue
+            sl, m, u, v = a
+            tex = _texture(p["category"]["texture"], u, v, p["freq"])
+            shade = (1.0 - 0.2 * (u * u + v * v))[..., None]
+            c1, c2 = p["colours"]
+            col = np.where(tex[..., None], c1.astype(np.float32), c2.astype(np.float32)) * shade
+            crop = img[sl]
+            crop[m] = col[m]
+        img += 3.0 * noise_rng.standard_normal(img.shape, dtype=np.float32)
+        frames.append(np.clip(img, 0, 255).round().astype(np.uint8))
+    return frames, plans, masks
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+def _encode_frame(frame: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        Image.fromarray(frame).save(buf, format="JPEG", quality=90)
+    else:
+        Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: int = 0, num_frames: int = 16,
+                       height: int = 192, width: int = 192, image_format: str = "jpg",
+                       progress: bool = True) -> Path:
+    """Generate a synthetic YouTube-VIS dataset (frames + json) under ``out_dir``.
+
+    Args:
+        out_dir: output folder (frames in ``JPEGImages/``, annotations in ``instances.json``).
+        num_videos: number of videos (>= 1).
+        seed: random seed; the same arguments give byte-identical files.
+        num_frames: frames per video (>= 1; 12-24 is typical).
+        height, width: frame size in pixels (192x192 -> 12x12 = 144 patch tokens at patch 16).
+        image_format: "jpg" (quality 90) or "png".
+        progress: tqdm bar over videos.
+
+    Returns:
+        Path of the json. It is written last, so its presence means the set is complete.
+
+    Raises:
+        ValueError: bad sizes or format.
+    """
+    if num_videos < 1 or num_frames < 1 or height < 16 or width < 16:
+        raise ValueError(f"need num_videos >= 1, num_frames >= 1, height/width >= 16; got "
+                         f"{num_videos}, {num_frames}, {height}x{width}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    out_dir = Path(out_dir)
+    frames_root = out_dir / "JPEGImages"
+    videos, annotations = [], []
+    first_instance = 0
+    for vi in tqdm(range(num_videos), desc="synthetic videos", unit="video", disable=not progress):
+        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width)
+        first_instance += len(plans)
+        name = f"synth_{vi:04d}"
+        file_names = []
+        for t, frame in enumerate(frames):
+            rel = f"{name}/{t:05d}.{image_format}"
+            atomic_write_bytes(frames_root / rel, _encode_frame(frame, image_format))
+            file_names.append(rel)
+        vid_id = vi + 1
+        videos.append({"id": vid_id, "name": name, "file_names": file_names, "height": height, "width": width,
+                       "length": num_frames})
+        for p, inst_masks in zip(plans, masks):
+            segs, boxes, areas = [], [], []
+            for m in inst_masks:
+                present = bool(m.any())
+                segs.append(encode_mask(m) if present else None)
+                boxes.append(mask_bbox(m) if present else None)
+                areas.append(float(m.sum()) if present else None)
+            if all(s is None for s in segs):
+                continue  # never visible (fully occluded throughout): not an instance of the video
+            annotations.append({"id": len(annotations) + 1, "video_id": vid_id, "category_id": p["category"]["id"],
+                                "iscrowd": 0, "size_bin_target": p["bin"], "segmentations": segs,
+                                "bboxes": boxes, "areas": areas})
+    ds = {"info": {"description": "vppkit synthetic video instance segmentation set",
+                   "frames_root": "JPEGImages",
+                   "generator": {"version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed, "num_frames": num_frames,
+                                 "height": height, "width": width, "image_format": image_format}},
+          "licenses": [], "videos": videos, "annotations": annotations,
+          "categories": [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES]}
+    return save_ytvis(ds, out_dir / JSON_NAME)
+
+
+def synthetic_dataset(num_videos: int = 24, seed: int = 0, num_frames: int = 16, height: int = 192,
+                      width: int = 192, image_format: str = "jpg", root: str | os.PathLike | None = None,
+                      progress: bool = True) -> Path:
+    """Json path of a cached synthetic set, generating it on first use.
+
+    The set lives in ``<root or cache_dir()>/synthetic/g{GENERATOR_VERSION}_v{N}_s{seed}_f{F}_{H}x{W}_{fmt}/``.
+    """
+    from vppkit.utils.paths import cache_dir
+
+    base = Path(root) if root is not None else cache_dir()
+    out = (base / "synthetic" /
+           f"g{GENERATOR_VERSION}_v{num_videos}_s{seed}_f{num_frames}_{height}x{width}_{image_format}")
+    path = out / JSON_NAME
+    if not path.is_file():
+        generate_synthetic(out, num_videos, seed, num_frames, height, width, image_format, progress)
+    return path
+
+
+def size_bin_stats(ds: dict) -> dict:
+    """Size-bin coverage of a YouTube-VIS dict (IoI bins, :data:`SIZE_BINS`).
+
+    An instance's size is its mean visible area over the frames where it is present, as a fraction of
+    the frame area (areas from ``areas`` when present, else from the RLE via pycocotools).
+
+    Returns:
+        dict with ``instances`` {bin: count}, ``frame_instances`` {bin: count over (frame, instance)
+        pairs with the instance present}, ``per_instance`` [(annotation id, mean fraction, bin)],
+        ``frames`` (total frames), ``empty_frames`` (frames where no instance is present).
+    """
+    vids = {v["id"]: v for v in ds["videos"]}
+    inst = {b: 0 for b in SIZE_BINS}
+    frame_inst = {b: 0 for b in SIZE_BINS}
+    per_instance = []
+    present: dict = {v["id"]: np.zeros(int(v["length"]), bool) for v in ds["videos"]}
+    for ann in ds["annotations"]:
+        v = vids[ann["video_id"]]
+        frame_area = float(v["height"]) * float(v["width"])
+        fracs = []
+        for t, seg in enumerate(ann["segmentations"]):
+            if seg is None:
+                continue
+            if ann.get("areas") and ann["areas"][t] is not None:
+                a = float(ann["areas"][t])
+            else:
+                rle = mask_utils.frPyObjects(seg, int(v["height"]), int(v["width"]))
+                a = float(np.sum(mask_utils.area(rle)))
+            if a <= 0:
+                continue
+            fracs.append(a / frame_area)
+            frame_inst[size_bin(a / frame_area)] += 1
+            present[v["id"]][t] = True
+        if fracs:
+            mean = float(np.mean(fracs))
+            inst[size_bin(mean)] += 1
+            per_instance.append((ann["id"], mean, size_bin(mean)))
+    frames = sum(len(p) for p in present.values())
+    empty = sum(int((~p).sum()) for p in present.values())
+    return {"instances": inst, "frame_instances": frame_inst, "per_instance": per_instance, "frames": frames,
+            "empty_frames": empty}

@@ -1,0 +1,299 @@
+"""Videos for online inference and clips (key + reference frames) for training.
+
+- :class:`VideoReader`: one video, frames and per-frame instance masks loaded lazily, frame by frame
+  (online VIS inference processes frame t after frame t-1; the caller carries the temporal state).
+- :class:`VideoSet`: all videos of a YouTube-VIS dict, ``VideoSet[i] -> VideoReader``.
+- :class:`ClipDataset`: training samples of 1 key frame + 1 or 2 reference frames of the same video,
+  sampled uniformly within +-``window`` frames of the key (key excluded), as mmtrack's
+  ``ref_img_sampler`` in the official VPP configs (``num_ref_imgs=2``, ``frame_range=5``; vpp-notes §7.3).
+  VPP's sparse stage runs the chain reff -> ref -> key; ``order`` chooses how the chain is ordered:
+
+  - ``"random"``: references in sampled order, then the key (official: ``sort_ref_imgs=False``, so the
+    "previous" frame may lie in the future);
+  - ``"sorted"``: the same frames sorted in time (``key_index`` says where the key is);
+  - ``"causal"``: references drawn from the ``window`` frames *before* the key only, sorted, key last
+    (matches online inference).
+
+Every sample has the same instance order K = all annotations of the video (sorted by id); an instance
+absent from a frame has an all-False mask and ``valid[t, k] = False``. ``labels`` are contiguous 0-based
+class indices (:func:`vppkit.data.ytvis.category_index`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vppkit.data.transforms import ClipTransform
+from vppkit.data.ytvis import annotations_by_video, category_index, decode_segmentation, load_ytvis, \
+    resolve_frames_root
+
+__all__ = ["VideoReader", "VideoSet", "ClipDataset", "sample_reference_frames", "collate", "open_ytvis"]
+
+ORDERS = ("random", "sorted", "causal")
+
+
+def open_ytvis(ds_or_path: dict | str | os.PathLike,
+               frames_root: str | os.PathLike | None = None) -> tuple[dict, Path]:
+    """Load (if a path) a YouTube-VIS dict and find its frames folder.
+
+    ``frames_root`` wins; otherwise ``info.frames_root`` (relative to the json's folder).
+
+    Raises:
+        ValueError: no frames folder can be determined.
+    """
+    json_path = None
+    if isinstance(ds_or_path, dict):
+        ds = ds_or_path
+    else:
+        json_path = Path(ds_or_path)
+        ds = load_ytvis(json_path, check_masks=False)
+    root = Path(frames_root) if frames_root is not None else resolve_frames_root(ds, json_path)
+    if root is None:
+        raise ValueError(f"{json_path or '<dict>'}: no frames_root given and no info.frames_root in the json")
+    return ds, root
+
+
+class VideoReader:
+    """One video of a YouTube-VIS dict; frames and masks are read on access.
+
+    Args:
+        video: the ``videos`` entry.
+        annotations: its annotations (instance order = this list's order).
+        frames_root: folder that ``file_names`` are relative to.
+        cat_index: category id -> contiguous class index.
+        transform: applied to every frame (no flip: called without rng); None = ``ClipTransform(pad_to=1)``.
+
+    Attributes:
+        video_id, length, height, width; ``instance_ids`` (K,) int64 annotation ids; ``labels`` (K,) int64.
+    """
+
+    def __init__(self, video: dict, annotations: list[dict], frames_root: str | os.PathLike,
+                 cat_index: dict[int, int], transform: ClipTransform | None = None):
+        self.video = video
+        self.annotations = list(annotations)
+        self.frames_root = Path(frames_root)
+        self.transform = transform or ClipTransform(pad_to=1)
+        self.video_id = video["id"]
+        self.length = int(video["length"])
+        self.height, self.width = int(video["height"]), int(video["width"])
+        self.instance_ids = torch.tensor([a["id"] for a in self.annotations], dtype=torch.int64)
+        try:
+            self.labels = torch.tensor([cat_index[a["category_id"]] for a in self.annotations], dtype=torch.int64)
+        except KeyError as e:
+            raise ValueError(f"video id {self.video_id}: annotation with unknown category id {e.args[0]}") from e
+
+    def __len__(self) -> int:
+        return self.length
+
+    def frame_path(self, t: int) -> Path:
+        """Path of frame t (``frames_root / file_names[t]``)."""
+        return self.frames_root / self.video["file_names"][t]
+
+    def load_frame(self, t: int) -> np.ndarray:
+        """Frame t as uint8 (H, W, 3) RGB. Raises FileNotFoundError naming the file and video id."""
+        path = self.frame_path(t)
+        if not path.is_file():
+            raise FileNotFoundError(f"video id {self.video_id}, frame {t}: missing frame file {path}")
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def load_masks(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance masks of frame t: (K, H, W) bool and valid (K,) bool (False = absent, mask all-False)."""
+        k = len(self.annotations)
+        masks = np.zeros((k, self.height, self.width), bool)
+        valid = np.zeros(k, bool)
+        for i, ann in enumerate(self.annotations):
+            try:
+                m = decode_segmentation(ann["segmentations"][t], self.height, self.width)
+            except (ValueError, IndexError) as e:
+                raise ValueError(f"video id {self.video_id}, annotation id {ann['id']}, frame {t}: {e}") from e
+            if m is not None:
+                masks[i], valid[i] = m, True
+        return masks, valid
+
+    def __getitem__(self, t: int) -> dict[str, Any]:
+        """Frame t for inference: ``image`` (3, H', W') float, ``masks`` (K, H', W') bool, ``valid`` (K,),
+        ``labels``, ``instance_ids``, ``video_id``, ``frame_index``, ``meta`` (transform sizes)."""
+        if not 0 <= t < self.length:
+            raise IndexError(f"video id {self.video_id}: frame {t} out of range 0..{self.length - 1}")
+        masks, valid = self.load_masks(t)
+        image, out_masks, meta = self.transform([self.load_frame(t)], [masks])
+        return {"image": image[0], "masks": out_masks[0], "valid": torch.from_numpy(valid),
+                "labels": self.labels, "instance_ids": self.instance_ids, "video_id": self.video_id,
+                "frame_index": t, "meta": meta}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for t in range(self.length):
+            yield self[t]
+
+
+class VideoSet:
+    """All videos of a YouTube-VIS dataset for online inference: ``VideoSet[i] -> VideoReader``.
+
+    Args:
+        ds_or_path: YouTube-VIS dict or json path.
+        frames_root: frames folder (default: the json's ``info.frames_root``).
+        transform: per-frame transform (no flip).
+    """
+
+    def __init__(self, ds_or_path: dict | str | os.PathLike, frames_root: str | os.PathLike | None = None,
+                 transform: ClipTransform | None = None):
+        self.ds, self.frames_root = open_ytvis(ds_or_path, frames_root)
+        self.category_index = category_index(self.ds)
+        self.by_video = annotations_by_video(self.ds)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ds["videos"])
+
+    def __getitem__(self, i: int) -> VideoReader:
+        video = self.ds["videos"][i]
+        return VideoReader(video, self.by_video[video["id"]], self.frames_root, self.category_index, self.transform)
+
+
+def sample_reference_frames(key: int, length: int, num_ref: int, window: int, order: str,
+                            rng: np.random.Generator) -> tuple[list[int], int]:
+    """Pick reference frames for a key frame and order the chain.
+
+    Args:
+        key: key frame index (0-based).
+        length: number of frames of the video.
+        num_ref: reference frames (1 or 2).
+        window: max |ref - key| in frames (annotated frames for YouTube-VIS).
+        order: "random" | "sorted" | "causal" (module docstring).
+        rng: numpy generator.
+
+    Returns:
+        (frame indices in chain order, position of the key in that list). References are distinct when
+        the window holds enough frames, else drawn with replacement; a 1-frame video repeats the key.
+        "causal" with key 0 has no earlier frame: it falls back to the frames after the key (chain
+        refs -> key, not in time order); :class:`ClipDataset` skips such keys.
+
+    Raises:
+        ValueError: unknown order, num_ref < 1, key out of range.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if num_ref < 1:
+        raise ValueError(f"num_ref must be >= 1, got {num_ref}")
+    if not 0 <= key < length:
+        raise ValueError(f"key frame {key} out of range for a video of {length} frames")
+    lo = max(0, key - window)
+    hi = key - 1 if order == "causal" else min(length - 1, key + window)
+    cand = [t for t in range(lo, hi + 1) if t != key]
+    if not cand:
+        cand = [t for t in range(max(0, key - window), min(length - 1, key + window) + 1) if t != key] or [key]
+    refs = [int(t) for t in rng.choice(cand, size=num_ref, replace=len(cand) < num_ref)]
+    if order == "random":
+        return refs + [key], num_ref
+    if order == "causal":
+        return sorted(refs) + [key], num_ref
+    frames = sorted(refs + [key])
+    return frames, max(i for i, t in enumerate(frames) if t == key)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Training clips: key frame + ``num_ref`` reference frames of the same video.
+
+    One sample per (video, key frame); with ``require_instances`` only key frames where at least one
+    instance is present. Sampling of the references is deterministic in (seed, epoch, index); call
+    :meth:`set_epoch` to draw new references each epoch.
+
+    Args:
+        ds_or_path: YouTube-VIS dict or json path.
+        frames_root: frames folder (default: the json's ``info.frames_root``).
+        num_ref: 1 (dense stage, key + ref) or 2 (VPP sparse stage, reff -> ref -> key).
+        window: reference frames within +-window frames of the key (official: 5).
+        order: "random" (official), "sorted" or "causal".
+        transform: :class:`ClipTransform` (e.g. ``ClipTransform(long_side, 16, hflip_prob=0.5)``).
+        seed: base seed for reference sampling and flips.
+        require_instances: skip key frames without any instance.
+
+    Sample dict: ``images`` (T, 3, H, W) float32 with T = num_ref + 1 in chain order; ``masks`` list of T
+    bool (K, H, W); ``valid`` (T, K) bool; ``labels`` (K,) int64; ``instance_ids`` (K,) int64;
+    ``video_id``; ``frame_indices`` (T,) int64; ``key_index`` (int, position of the key in the chain);
+    ``meta`` (transform sizes, flip).
+    """
+
+    def __init__(self, ds_or_path: dict | str | os.PathLike, frames_root: str | os.PathLike | None = None,
+                 num_ref: int = 2, window: int = 5, order: str = "random", transform: ClipTransform | None = None,
+                 seed: int = 0, require_instances: bool = True):
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if num_ref not in (1, 2):
+            raise ValueError(f"num_ref must be 1 or 2, got {num_ref}")
+        self.videos = VideoSet(ds_or_path, frames_root)
+        self.num_ref, self.window, self.order = num_ref, window, order
+        self.transform = transform or ClipTransform()
+        self.seed, self.epoch = int(seed), 0
+        self.num_classes = len(self.videos.category_index)
+        self.index: list[tuple[int, int]] = []
+        for vi, video in enumerate(self.videos.ds["videos"]):
+            anns = self.videos.by_video[video["id"]]
+            for t in range(int(video["length"])):
+                if order == "causal" and t == 0 and int(video["length"]) > 1:
+                    continue  # no earlier frame to reference
+                if require_instances and not any(a["segmentations"][t] is not None for a in anns):
+                    continue
+                self.index.append((vi, t))
+
+    @property
+    def category_index(self) -> dict[int, int]:
+        """Category id -> contiguous class index used in ``labels``."""
+        return self.videos.category_index
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the reference / flip draws (explicit, like ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        vi, key = self.index[i]
+        reader = self.videos[vi]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        frames, key_index = sample_reference_frames(key, reader.length, self.num_ref, self.window, self.order, rng)
+        loaded = [reader.load_masks(t) for t in frames]
+        images, masks, meta = self.transform([reader.load_frame(t) for t in frames], [m for m, _ in loaded], rng)
+        return {"images": images, "masks": masks,
+                "valid": torch.from_numpy(np.stack([v for _, v in loaded])).reshape(len(frames), -1),
+                "labels": reader.labels, "instance_ids": reader.instance_ids, "video_id": reader.video_id,
+                "frame_indices": torch.tensor(frames, dtype=torch.int64), "key_index": key_index, "meta": meta}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch clips: images stacked (B, T, 3, H, W), zero-padded bottom / right to the largest clip.
+
+    Returns:
+        ``images`` (B, T, 3, Hmax, Wmax); ``image_sizes`` (B, 2) int64 (each clip's H, W before batch
+        padding); ``targets``: list of B dicts (the sample without ``images``; masks padded with False to
+        Hmax, Wmax so they align with ``images``).
+
+    Raises:
+        ValueError: clips of different lengths T.
+    """
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    lengths = {s["images"].shape[0] for s in samples}
+    if len(lengths) != 1:
+        raise ValueError(f"all clips in a batch must have the same number of frames, got {sorted(lengths)}")
+    hmax = max(s["images"].shape[-2] for s in samples)
+    wmax = max(s["images"].shape[-1] for s in samples)
+    images, sizes, targets = [], [], []
+    for s in samples:
+        h, w = s["images"].shape[-2:]
+        images.append(F.pad(s["images"], (0, wmax - w, 0, hmax - h), value=0.0))
+        sizes.append((h, w))
+        t = {k: v for k, v in s.items() if k != "images"}
+        t["masks"] = [F.pad(m, (0, wmax - w, 0, hmax - h), value=False) for m in s["masks"]]
+        targets.append(t)
+    return {"images": torch.stack(images), "image_sizes": torch.tensor(sizes, dtype=torch.int64),
+            "targets": targets}
