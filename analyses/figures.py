@@ -48,6 +48,112 @@ def evtp_figure(ctx: Context, result: dict) -> list[Entry]:
                           f"Computed from the supplementary's closed forms; options: {result['options']}.")]
 
 
+METHOD_COLORS = {"VPP": "tab:blue", "SViT": "tab:red", "DynamicViT": "tab:orange", "dense": "black"}
+
+
+def _ours_label(ctx: Context, result: dict) -> str:
+    prov = result.get("provenance", {})
+    return f"ours: {ctx.profile}, seed {prov.get('seed')}, {prov.get('commit')}, {str(prov.get('time_utc'))[:10]}"
+
+
+def density_figure(ctx: Context, result: dict) -> list[Entry]:
+    from analyses.paper_values import DENSITY_FIG5_DESCRIPTION
+
+    df = pd.DataFrame(result["rows"])
+    goals = sorted(df.goal_PKR.unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(goals), figsize=(5 * len(goals), 3.4), sharey=True)
+    for ax, g in zip(axes, goals):
+        sub = df[df.goal_PKR == g]
+        for method, grp in sub.groupby("method", sort=False):
+            pkr = 100 * result["pkr"][grp.variant.iloc[0]]["all"]
+            ax.plot(grp.layer, grp.density, "o-", color=METHOD_COLORS.get(method), label=f"{method} (PKR {pkr:.1f} %)")
+        nominal = result["vpp_nominal"].get(f"vpp{g}")
+        if nominal:
+            ax.step(range(1, 13), nominal, where="mid", ls=":", color=METHOD_COLORS["VPP"], label="VPP nominal schedule")
+        ax.set_title(f"goal PKR {g} %")
+        ax.set_xlabel("layer")
+        ax.set_xticks(range(1, 13))
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("patch density (fraction processed)")
+    fig.suptitle(f"Patch density per layer ({_ours_label(ctx, result)})", fontsize=9)
+    return [_figure_entry(ctx, fig, "density_per_layer", "Patch density per layer (Fig. 5)",
+                          "Fraction of patch tokens each layer processes, global over every evaluated frame. "
+                          + DENSITY_FIG5_DESCRIPTION)]
+
+
+def curves_figure(ctx: Context, result: dict) -> list[Entry]:
+    from analyses.paper_values import AP_LOSS_FIG4, AP_LOSS_FIG4_SOURCE
+
+    ours = pd.DataFrame(result["rows"])
+    paper = pd.DataFrame(AP_LOSS_FIG4)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method, grp in ours.groupby("method", sort=False):
+        grp = grp.sort_values("PKR")
+        axes[0].plot(grp.PKR, grp.AP_loss, "o-", color=METHOD_COLORS.get(method), label=method)
+    axes[0].plot([100], [0], "ks", label="dense")
+    axes[0].set_title(_ours_label(ctx, result), fontsize=8)
+    for (method, dataset), grp in paper.groupby(["method", "dataset"], sort=False):
+        grp = grp.sort_values("PKR")
+        axes[1].plot(grp.PKR, grp.AP_loss, "o-" if dataset == "YTVIS21" else "s--", color=METHOD_COLORS.get(method),
+                     mfc="white" if dataset == "YTVIS19" else None, label=f"{method} {dataset}")
+    axes[1].plot([100], [0], "ks")
+    axes[1].set_title("paper (Fig. 4, read off the plot)", fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("PKR (%)  ← sparse — dense →")
+        ax.set_xlim(30, 102)
+        ax.invert_yaxis()
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("AP loss (AP points, dense − pruned)")
+    return [_figure_entry(ctx, fig, "ap_loss_vs_pkr", "AP loss vs PKR (Fig. 4)",
+                          f"Left: ours (dense AP {result['dense_AP']:.2f} %). Right: {AP_LOSS_FIG4_SOURCE}.")]
+
+
+def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
+    import numpy as np
+
+    from vppkit.engine.datasets import VideoFrames
+    from vppkit.engine.infer import load_keep_records
+
+    frames = VideoFrames(result["gt_json"], None, ctx.cfg["model"]["img_size"], cache=False)
+    vi, vid, ts, layers = result["video_index"], result["video_id"], result["frames"], result["layers"]
+    variants = list(result["records"])
+    rows = [(v, layer) for v in variants for layer in layers]
+    fig, axes = plt.subplots(len(rows), len(ts), figsize=(1.5 * len(ts), 1.5 * len(rows)), squeeze=False)
+    for v in variants:
+        rec = load_keep_records(ctx.results_dir / result["records"][v])[vid]
+        gh, gw = rec.grid
+        for t_i, t in enumerate(ts):
+            img = frames.frame(vi, t).permute(1, 2, 0).numpy().astype(np.float32) / 255
+            masks = frames.instances(vi, t)[1]
+            fg = masks.any(0).numpy() if masks.shape[0] else np.zeros(img.shape[:2], bool)
+            for layer in layers:
+                keep = rec.masks[t, layer - 1].reshape(gh, gw).numpy()
+                up = np.kron(keep, np.ones((img.shape[0] // gh, img.shape[1] // gw), bool))
+                shown = img * np.where(up[..., None], 1.0, 0.15)
+                ax = axes[rows.index((v, layer)), t_i]
+                ax.imshow(shown)
+                ax.contour(fg, levels=[0.5], colors="lime", linewidths=0.6)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if t_i == 0:
+                    ax.set_ylabel(f"{result['labels'][v]}\nlayer {layer}", fontsize=6)
+                if rows.index((v, layer)) == 0:
+                    ax.set_title(f"t = {t}", fontsize=7)
+    fig.suptitle(f"Kept (bright) and pruned (dark) patches per layer, video {vid} ({_ours_label(ctx, result)})",
+                 fontsize=8)
+    act = result["activity"]
+    act_text = "; ".join(f"{result['labels'][v]}: fg {a['fg']:.2f} / bg {a['bg']:.2f}" for v, a in act.items()
+                         if a["fg"] is not None and a["bg"] is not None)
+    return [_figure_entry(ctx, fig, "qualitative_masks", "Qualitative pruning masks (Fig. 1, 7-10)",
+                          "Each panel shows the patches the given layer processes (dark = pruned); green = GT "
+                          "instance outline; layer 2 shows VPP's Map-SM mask (first frame: dense, no temporal prior). "
+                          f"Mean fraction of the 12 layers that process a patch (foreground / background): {act_text}.")]
+
+
 FIGURES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "evtp": evtp_figure,
+    "density": density_figure,
+    "curves": curves_figure,
+    "qualitative": qualitative_figure,
 }

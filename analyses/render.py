@@ -28,7 +28,7 @@ def write_table(df: pd.DataFrame, stem: str | Path, floatfmt: str = ".2f") -> di
     """
     stem = Path(stem)
     paths = {fmt: stem.with_suffix(f".{fmt}") for fmt in TABLE_FORMATS}
-    atomic_write_text(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    atomic_write_text(paths["md"], df.to_markdown(index=False, floatfmt=floatfmt, missingval="–") + "\n")
     atomic_write_text(paths["csv"], df.to_csv(index=False))
     latex = df.to_latex(index=False, float_format=lambda v: format(v, floatfmt), na_rep="--", escape=True)
     atomic_write_text(paths["tex"], latex)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,22 @@ log = logging.getLogger("vppkit.experiments")
 
 RESULTS_ROOT = REPO_ROOT / "results"
 REPORTS_ROOT = REPO_ROOT / "reports"
+
+
+def finite_or_none(obj: Any) -> Any:
+    """Copy of ``obj`` with NaN / inf floats (undefined metrics, e.g. IoI_S without small instances) as None.
+
+    JSON has no NaN; results store "undefined" as null and tables show it as "--".
+    """
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return finite_or_none(obj.item())
+    return obj
 
 
 @dataclass
@@ -87,7 +104,7 @@ class Context:
             log.info("reusing %s (config %s)", self.result_path(name), digest)
             return saved
         start = time.perf_counter()
-        result = compute()
+        result = finite_or_none(compute())
         result = {**result, "config": config, "config_hash": digest,
                   "provenance": self.provenance(seconds=round(time.perf_counter() - start, 1))}
         atomic_write_json(self.result_path(name), result)

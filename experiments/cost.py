@@ -1,0 +1,61 @@
+"""Artifact 8: cost table: backbone GMACs per method and PKR (analytic, from every evaluated frame's own
+per-block token counts, :func:`vppkit.flops.measure.macs_from_records`), pruner overhead separately, ideal
+speed-up (dense GMACs / pruned GMACs incl. overhead) and, when `make bench` has run, the measured speed.
+
+Also the nominal schedules at paper scale (DeiT-T/S, 960x544 -> N = 60x34 = 2040 patches; vpp-notes §2.3):
+the closed form under each method's nominal keep ratios (no model run).
+"""
+
+from __future__ import annotations
+
+from experiments import zoo
+from experiments.common import Context
+
+VARIANTS = ("dense", "vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40")
+PAPER_GRID = (34, 60)
+
+
+def _paper_scale() -> list[dict]:
+    from vppkit.flops.analytic import backbone_macs, get_spec, method_schedule
+    from vppkit.models.pruning.schedules import VPPSchedule
+
+    rows = []
+    for arch in ("deit_tiny", "deit_small"):
+        spec = get_spec(arch)
+        settings = [("dense", {}, "dense")]
+        for g in zoo.GOALS:
+            sch = VPPSchedule.preset(f"pkr{g}")
+            settings.append(("vpp", {"keep": sch.m, "rho": sch.rho}, f"VPP {g} %"))
+            rho = zoo._dynamicvit_pruning(g)["rho"]
+            settings.append(("svit", {"rho": rho}, f"SViT {g} %"))
+            settings.append(("dynamicvit", {"rho": rho}, f"DynamicViT {g} %"))
+        for method, kw, label in settings:
+            schedule, overhead, note = method_schedule(method, spec, PAPER_GRID, **kw)
+            m = backbone_macs(spec, schedule, overhead_macs=overhead)
+            rows.append({"arch": arch, "setting": label, "nominal_PKR": 100 * schedule.pkr,
+                         "backbone_GMACs": m.backbone / 1e9, "overhead_GMACs": m.overhead / 1e9,
+                         "total_GMACs": m.total / 1e9, "note": note})
+    return rows
+
+
+def run(ctx: Context) -> dict:
+    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
+    bench = ctx.load_result("bench")
+    config = {"artifact": "flops", "evals": {v: e["config_hash"] for v, e in evals.items()},
+              "bench": (bench or {}).get("config_hash")}
+
+    def compute() -> dict:
+        dense_total = evals["dense"]["backbone_GMACs"] + evals["dense"]["overhead_GMACs"]
+        rows = []
+        for v, e in evals.items():
+            spec = zoo.variants()[v]
+            total = e["backbone_GMACs"] + e["overhead_GMACs"]
+            rows.append({"variant": v, "method": spec["method"], "goal_PKR": spec["goal_pkr"],
+                         "PKR": 100 * e["pkr"]["all"], "backbone_GMACs": e["backbone_GMACs"],
+                         "overhead_GMACs": e["overhead_GMACs"], "total_GMACs": total,
+                         "ideal_speedup": dense_total / total,
+                         "ms_per_frame_whole_model": 1000 * e["seconds_per_frame"]})
+        return {"rows": rows, "paper_scale": _paper_scale(), "model": ctx.cfg["model"]["arch"],
+                "img_size": ctx.cfg["model"]["img_size"], "bench_available": bench is not None}
+
+    return ctx.cached("flops", config, compute)
