@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from analyses import fgs
 from analyses.render import save_figure
 from analyses.report import Entry, relative
 from experiments.common import Context
@@ -99,9 +100,10 @@ def curves_figure(ctx: Context, result: dict) -> list[Entry]:
                      mfc="white" if dataset == "YTVIS19" else None, label=f"{method} {dataset}")
     axes[1].plot([100], [0], "ks")
     axes[1].set_title("paper (Fig. 4, read off the plot)", fontsize=8)
+    lo = min(30.0, float(ours.PKR.min()) - 5)
     for ax in axes:
         ax.set_xlabel("PKR (%)  ← sparse — dense →")
-        ax.set_xlim(30, 102)
+        ax.set_xlim(lo, 102)
         ax.invert_yaxis()
         ax.legend(fontsize=7)
     axes[0].set_ylabel("AP loss (AP points, dense − pruned)")
@@ -119,7 +121,8 @@ def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
     vi, vid, ts, layers = result["video_index"], result["video_id"], result["frames"], result["layers"]
     variants = list(result["records"])
     rows = [(v, layer) for v in variants for layer in layers]
-    fig, axes = plt.subplots(len(rows), len(ts), figsize=(1.5 * len(ts), 1.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(ts), figsize=(1.4 * len(ts), 1.4 * len(rows)), squeeze=False,
+                             layout="constrained")
     for v in variants:
         rec = load_keep_records(ctx.results_dir / result["records"][v])[vid]
         gh, gw = rec.grid
@@ -152,6 +155,7 @@ def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
 
 
 FIGURES: dict[str, Callable[[Context, dict], list[Entry]]] = {
+    "fgs": fgs.figure,
     "evtp": evtp_figure,
     "density": density_figure,
     "curves": curves_figure,
