@@ -86,13 +86,14 @@ def write_index(ctx: Context) -> Path:
     """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``."""
     from experiments.run import ARTIFACTS
 
+    from analyses.reading import write_reading
+
+    write_reading(ctx)
     manifest = _load_manifest(ctx)
     lines = [f"# vppkit report — profile `{ctx.profile}`", "",
              "Every number below was computed by the run named under it (profile, seed, commit, time), "
              "except values labelled **paper**, which are quoted from the source documents.", ""]
-    reading = ctx.reports_dir / "reading.md"
-    if reading.exists():
-        lines += ["See also: [reading of the results](reading.md).", ""]
+    lines += ["See also: [reading of the results](reading.md) (which of the paper's trends hold in this run).", ""]
     for name in ARTIFACTS:
         if name not in manifest:
             continue

@@ -1,0 +1,148 @@
+"""A reading of the results: which trends of the VPP paper show up in this profile's results.
+
+Each check states a trend the paper reports (with its source), evaluates it on the saved results of this
+run, and says whether it holds, with the numbers. The verdicts are computed, never written by hand; the
+hand-written discussion of *why* lives in ``docs/reading.md`` and is linked, not mixed in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from experiments.common import Context
+from vppkit.utils.io import atomic_write_text
+
+Check = tuple[str, str, Callable[[dict], tuple[bool | None, str]]]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _by(rows: list[dict], **match) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def _fgs_rises(r: dict) -> tuple[bool | None, str]:
+    out, ok = [], []
+    for name, b in r["backbones"].items():
+        layers = b["layers"]
+        first, last = layers[0]["fgs"], layers[-1]["fgs"]
+        out.append(f"{name}: x_0 {first:.3f} → x_12 {last:.3f}")
+        if name != "random":
+            ok.append(last > first)
+    return (all(ok) if ok else None), "; ".join(out)
+
+
+def _ioi_vpp_beats_svit(r: dict) -> tuple[bool | None, str]:
+    verdicts, text = [], []
+    for goal in (55, 40):
+        v, s = _by(r["rows"], goal_PKR=goal, method="VPP"), _by(r["rows"], goal_PKR=goal, method="SViT")
+        if v and s and v["IoI"] is not None and s["IoI"] is not None:
+            verdicts.append(v["IoI"] > s["IoI"])
+            text.append(f"{goal} %: VPP {_fmt(v['IoI'])} (PKR {_fmt(v['PKR'])}) vs SViT {_fmt(s['IoI'])} "
+                        f"(PKR {_fmt(s['PKR'])})")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+def _ioi_small_first(r: dict) -> tuple[bool | None, str]:
+    verdicts, text = [], []
+    for goal in (55, 40):
+        v = _by(r["rows"], goal_PKR=goal, method="VPP")
+        if v and v["IoI_S"] is not None and v["IoI_L"] is not None:
+            verdicts.append(v["IoI_S"] > v["IoI_L"])
+            text.append(f"{goal} %: IoI_S {_fmt(v['IoI_S'])} vs IoI_L {_fmt(v['IoI_L'])}")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+def _density_early_vs_deep(r: dict) -> tuple[bool | None, str]:
+    verdicts, text = [], []
+    for goal in (55, 40):
+        vpp = [x for x in r["rows"] if x["method"] == "VPP" and x["goal_PKR"] == goal]
+        svit = [x for x in r["rows"] if x["method"] == "SViT" and x["goal_PKR"] == goal]
+        if not vpp or not svit:
+            continue
+        early = lambda rows: sum(x["density"] for x in rows if x["layer"] in (2, 3)) / 2  # noqa: E731
+        deep = lambda rows: sum(x["density"] for x in rows if x["layer"] >= 7) / 6  # noqa: E731
+        verdicts.append(early(vpp) < early(svit) and deep(vpp) > deep(svit))
+        text.append(f"{goal} %: layers 2-3 VPP {early(vpp):.2f} vs SViT {early(svit):.2f}; layers 7-12 VPP "
+                    f"{deep(vpp):.2f} vs SViT {deep(svit):.2f}")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+def _kappa_best(r: dict) -> tuple[bool | None, str]:
+    rows = sorted(r["rows"], key=lambda x: x["kappa_init"])
+    best = max(rows, key=lambda x: x["AP"])
+    text = "; ".join(f"κ {x['kappa_init']}: PKR {_fmt(x['PKR'])}, AP {_fmt(x['AP'])}" for x in rows)
+    return best["kappa_init"] == 0.5, text
+
+
+def _kappa_pkr_monotone(r: dict) -> tuple[bool | None, str]:
+    rows = sorted(r["rows"], key=lambda x: x["kappa_init"])
+    pkrs = [x["PKR"] for x in rows]
+    return all(a < b for a, b in zip(pkrs, pkrs[1:])), ", ".join(_fmt(p) for p in pkrs)
+
+
+def _ap_loss_order(r: dict) -> tuple[bool | None, str]:
+    verdicts, text = [], []
+    for goal in (55, 40):
+        loss = {m: _by(r["rows"], goal_PKR=goal, method=m) for m in ("VPP", "SViT", "DynamicViT")}
+        if all(loss.values()):
+            verdicts.append(loss["VPP"]["AP_loss"] <= min(loss["SViT"]["AP_loss"], loss["DynamicViT"]["AP_loss"]))
+            text.append(f"{goal} %: " + ", ".join(f"{m} {_fmt(x['AP_loss'])} @ PKR {_fmt(x['PKR'])}"
+                                                   for m, x in loss.items()))
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+def _vpp_small_loss(r: dict) -> tuple[bool | None, str]:
+    dense = r["rows"][0]
+    text, verdicts = [], []
+    for row in r["rows"][1:]:
+        drop = dense["AP_track"] - row["AP_track"]
+        verdicts.append(drop <= 2.0)
+        text.append(f"{row['model']}: AP_track {_fmt(row['AP_track'])} (dense {_fmt(dense['AP_track'])}, "
+                    f"drop {drop:.1f}) at PKR {_fmt(row['PKR'])}")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+CHECKS: dict[str, list[Check]] = {
+    "fgs": [("FGS rises with depth (trained backbones)", "Fig. 2 / supp. §C: ~0.6 at x_0, rising almost linearly "
+             "to layer 9", _fgs_rises)],
+    "ioi": [("VPP covers instances better than SViT (IoI)", "Table 8: VPP > SViT by > 10 points at 55 % and 40 %",
+             _ioi_vpp_beats_svit),
+            ("VPP gives small objects a higher IoI than large ones", "Table 8 / supp. §D: IoI_S > IoI_L",
+             _ioi_small_first)],
+    "density": [("VPP prunes early and keeps deep layers denser than SViT", "Fig. 5", _density_early_vs_deep)],
+    "kappa": [("κ_init = 0.5 gives the best AP", "Table 7: AP 41.8 / 42.3 / 39.5", _kappa_best),
+              ("realised PKR grows with κ_init", "Table 7: PKR 51.4 / 52.7 / 54.1", _kappa_pkr_monotone)],
+    "curves": [("VPP loses the least AP at equal goal PKR", "Fig. 4: VPP < SViT < DynamicViT", _ap_loss_order)],
+    "results": [("VPP stays within 2 AP points of dense", "README table: −0.6 / −1.9 (S), +0.1 / −1.3 (T)",
+                 _vpp_small_loss)],
+}
+
+
+def write_reading(ctx: Context) -> str:
+    """Evaluate every check on the saved results and write ``reports/<profile>/reading.md``; returns the text."""
+    lines = [f"# Reading of the results — profile `{ctx.profile}`", "",
+             "Each row is a trend the VPP paper reports and whether it holds in *this* run's saved results "
+             "(computed from the result files; nothing here is typed by hand). For a discussion of why trends do "
+             "or do not transfer to the CPU-sized settings, see `docs/reading.md` in the repository.", "",
+             "| artifact | trend (paper) | paper source | holds here? | our numbers |", "|---|---|---|---|---|"]
+    for name, checks in CHECKS.items():
+        result = ctx.load_result(name)
+        for title, source, fn in checks:
+            if result is None:
+                lines.append(f"| {name} | {title} | {source} | not run | – |")
+                continue
+            try:
+                verdict, text = fn(result)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:  # incomplete result: say so
+                verdict, text = None, f"cannot evaluate: {exc!r}"
+            mark = {True: "yes", False: "**no**", None: "undetermined"}[verdict]
+            lines.append(f"| {name} | {title} | {source} | {mark} | {text} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(ctx.reports_dir / "reading.md", text)
+    return text
