@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analyses import fgs
+from analyses import fgs, selectors
 from analyses.render import save_figure
 from analyses.report import Entry, relative
 from experiments.common import Context
@@ -156,6 +156,7 @@ def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
 
 FIGURES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "fgs": fgs.figure,
+    "selectors": selectors.figure,
     "evtp": evtp_figure,
     "density": density_figure,
     "curves": curves_figure,

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pandas as pd
 
-from analyses import fgs
+from analyses import fgs, selectors
 from analyses.render import write_table
 from analyses.report import Entry, relative
 from experiments.common import Context
@@ -166,6 +166,7 @@ def cost_table(ctx: Context, result: dict) -> list[Entry]:
 
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "fgs": fgs.table,
+    "selectors": selectors.table,
     "evtp": evtp_table,
     "results": results_table,
     "ioi": ioi_table,
