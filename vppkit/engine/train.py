@@ -1,0 +1,308 @@
+"""Two-stage training of the VIS model (vpp-notes §7, supplementary §A): dense, then sparse fine-tuning.
+
+- **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
+  image for the per-frame model (MinVIS trains per frame; the tracker needs no training).
+- **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in temporal order
+  reff → ref → key, the backbone's temporal state passed frame to frame and **not detached** (gradients cross
+  frames, as in the official code); the segmentation loss of every frame plus the sparsity loss
+  (``BackboneOutput.aux_loss``) of every frame are optimised.
+
+Schedule shape (both stages): AdamW, weight decay 0.05 (none on norms / biases / queries / embeddings), backbone
+lr × ``backbone_lr_mult`` (0.1 in the paper) except the pruner's modules, gradient clipping (L2 max norm), step
+decay × 0.1 at ``decay_at`` (2/3) of the schedule.
+
+Determinism and resume: the samples of step s and every random draw inside it (Gumbel noise, flips) come from
+``seed``, ``s`` and the rank only (:func:`seed_step`, a ``DistributedSampler`` per epoch), so a run killed and
+resumed from its last checkpoint ends with exactly the weights of an uninterrupted run (CPU).
+
+Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps and at the end), ``model_final.pt``,
+``metrics.csv`` (one row per step; the whole file is rewritten atomically at each checkpoint, so it never holds
+rows beyond the checkpointed step), ``config.json``. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from vppkit.config import config_hash, merge
+from vppkit.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint, set_rng_states, unwrap
+from vppkit.engine.datasets import VideoFrames, resolve_split
+from vppkit.engine.distributed import DistInfo, init_distributed
+from vppkit.models.vis.losses import SetCriterion
+from vppkit.models.vis.model import build_vis_model
+from vppkit.utils.io import atomic_path, atomic_write_json
+
+log = logging.getLogger("vppkit.train")
+
+STAGES = ("dense", "sparse")
+
+
+def stage_config(cfg: dict, stage: str) -> dict:
+    """``train`` section with the stage's overrides (``train.dense`` / ``train.sparse``) merged in."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    tcfg = {k: v for k, v in cfg.get("train", {}).items() if k not in STAGES}
+    return merge(tcfg, cfg.get("train", {}).get(stage, {}) or {})
+
+
+def seed_step(seed: int, step: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch from (seed, step, rank): every random draw of a step is reproducible."""
+    s = int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+class StepSampler:
+    """Video indices of each step: ``DistributedSampler`` (shuffled per epoch from the seed) walked in order."""
+
+    def __init__(self, n: int, batch: int, seed: int, info: DistInfo) -> None:
+        self.sampler = DistributedSampler(range(n), num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.per_epoch, self.batch = len(self.sampler), batch
+        self._cache: dict[int, list[int]] = {}
+
+    def _epoch(self, e: int) -> list[int]:
+        if e not in self._cache:
+            self.sampler.set_epoch(e)
+            self._cache = {e: list(iter(self.sampler))}
+        return self._cache[e]
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for j in range(self.batch):
+            pos = step * self.batch + j
+            out.append(self._epoch(pos // self.per_epoch)[pos % self.per_epoch])
+        return out
+
+
+def make_optimizer(model, tcfg: dict, total_steps: int):
+    """AdamW + step decay ×``decay_gamma`` at ``decay_at`` · total_steps (LambdaLR, stepped per optimizer step)."""
+    groups = unwrap(model).param_groups(float(tcfg["lr"]), float(tcfg.get("weight_decay", 0.05)),
+                                        float(tcfg.get("backbone_lr_mult", 0.1)))
+    opt = torch.optim.AdamW(groups, lr=float(tcfg["lr"]), betas=(0.9, 0.999), eps=1e-8)
+    milestone = int(math.floor(float(tcfg.get("decay_at", 2 / 3)) * total_steps))
+    gamma = float(tcfg.get("decay_gamma", 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: gamma if s >= milestone else 1.0)
+    return opt, sched
+
+
+def _batch(frames: VideoFrames, vids: list[int], length: int, max_gap: int, flip: bool, rng: np.random.Generator):
+    """Per time step t: images (B, 3, H, W) uint8 and B targets ({labels, masks})."""
+    clips = [frames.sample_clip(v, length, max_gap, rng) for v in vids]
+    flips = [bool(flip and rng.random() < 0.5) for _ in vids]
+    steps = []
+    for t in range(length):
+        imgs, tg = [], []
+        for v, clip, fl in zip(vids, clips, flips):
+            img = frames.frame(v, clip[t])
+            labels, masks = frames.instances(v, clip[t])
+            if fl:
+                img, masks = img.flip(-1), masks.flip(-1)
+            imgs.append(img)
+            tg.append({"labels": labels, "masks": masks})
+        steps.append((torch.stack(imgs), tg))
+    return steps
+
+
+def chain_loss(model, criterion, steps, sparse: bool, device) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch of clips: mean segmentation loss over frames + summed sparsity loss (sparse stage).
+
+    In the sparse stage the frames form a chain: frame t's backbone gets frame t−1's temporal state (not
+    detached). In the dense stage every frame starts with ``state=None``.
+    """
+    state, seg, aux, logs = None, [], [], {}
+    for images, targets in steps:
+        out = model(images.to(device), state if sparse else None)
+        state = out.backbone.state
+        tg = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device)} for t in targets]
+        losses = criterion(out.decoder_dict(), tg)
+        seg.append(losses["loss"])
+        aux.append(out.backbone.aux_loss)
+        for k in ("loss_ce", "loss_mask", "loss_dice"):
+            logs[k] = logs.get(k, 0.0) + float(losses[k].detach()) / len(steps)
+        if sparse:
+            logs.setdefault("keep", []).append(float(out.backbone.keep.counts.double().mean() /
+                                                     out.backbone.keep.num_patches))
+    loss_seg = torch.stack(seg).mean()
+    loss_aux = torch.stack([a.reshape(()) for a in aux]).sum() if sparse else loss_seg.new_zeros(())
+    logs["loss_seg"], logs["loss_sparse"] = float(loss_seg.detach()), float(loss_aux.detach())
+    if "keep" in logs:
+        logs["keep_ratio"] = float(np.mean(logs.pop("keep")))
+    return loss_seg + loss_aux, logs
+
+
+def _load_init(model, path: str | Path) -> None:
+    """Initialise from a (dense) checkpoint; only the pruner's parameters may be missing."""
+    ck = load_checkpoint(path)
+    missing, unexpected = unwrap(model).load_state_dict(ck["model"], strict=False)
+    bad = [k for k in missing if ".pruner." not in k]
+    if bad or unexpected:
+        raise ValueError(f"--init {path}: missing keys {bad[:5]}..., unexpected keys {list(unexpected)[:5]}... "
+                         "(only pruner parameters may be missing)")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _read_csv(path: Path, max_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= max_step]
+
+
+def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, init: str | Path | None = None,
+          resume: bool = False, stop_at: int | None = None, device: str | None = None,
+          progress: bool = True) -> dict:
+    """Train one stage.
+
+    Args:
+        cfg: resolved profile (:func:`vppkit.config.load_config`).
+        stage: "dense" or "sparse" (sparse needs ``pruning.method`` != none and usually ``init``).
+        out_dir: run folder (default ``cache_dir()/runs/<profile>-<stage>-<config hash>``).
+        init: checkpoint to start from (the dense model for the sparse stage).
+        resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
+        stop_at: stop after this many optimizer steps (simulates a killed run; the schedule still spans
+            ``train.steps``). A final model is only written when the schedule completes.
+        device: "cpu" / "cuda" / None (cuda when available).
+        progress: tqdm bar.
+
+    Returns:
+        Summary dict: ``out_dir``, ``checkpoint`` (final model, or last checkpoint when stopped early), ``steps``,
+        ``seconds`` (wall time of this call), ``sec_per_step``, ``last`` (loss values of the last step).
+
+    Raises:
+        ValueError: bad stage, a sparse stage without a pruner, incompatible ``init``.
+    """
+    from vppkit.utils.paths import cache_dir
+
+    info = init_distributed(device)
+    tcfg = stage_config(cfg, stage)
+    sparse = stage == "sparse"
+    pcfg = cfg.get("pruning") if sparse else None
+    if sparse and (not pcfg or str(pcfg.get("method", "none")).lower() in ("none", "dense")):
+        raise ValueError("stage 'sparse' needs pruning.method (vpp, svit, dynamicvit)")
+    seed = int(cfg.get("seed", 0))
+    run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
+    out = Path(out_dir) if out_dir else cache_dir() / "runs" / f"{cfg.get('profile', 'run')}-{stage}-{config_hash(run_cfg)}"
+
+    torch.manual_seed(seed)
+    js, frames_root = resolve_split(cfg["data"], "train", progress=progress and info.is_main)
+    frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=bool(cfg["data"].get("cache", True)))
+    num_classes = len(frames.category_ids)
+    model = build_vis_model(cfg["model"], num_classes, pcfg).to(info.device)
+    if init:
+        _load_init(model, init)
+    model.train()
+    total = int(tcfg["steps"])
+    batch = int(tcfg.get("batch", 1))
+    opt, sched = make_optimizer(model, tcfg, total)
+    if info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.startswith("cuda") else None,
+            find_unused_parameters=True)
+    mcfg = cfg.get("loss", {})
+    criterion = SetCriterion(num_classes, float(mcfg.get("w_class", 2.0)), float(mcfg.get("w_mask", 5.0)),
+                             float(mcfg.get("w_dice", 5.0)), float(mcfg.get("eos_coef", 0.1)),
+                             int(mcfg.get("num_points", 0))).to(info.device)
+    sampler = StepSampler(len(frames), batch, seed, info)
+
+    start, rows = 0, []
+    if resume and (out / LAST).exists():
+        ck = load_checkpoint(out / LAST, map_location=info.device)
+        unwrap(model).load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        set_rng_states(ck["rng"])
+        start = int(ck["step"])
+        rows = _read_csv(out / "metrics.csv", start)
+        log.info("resumed %s at step %d", out / LAST, start)
+    extra = {"num_classes": num_classes, "category_ids": frames.category_ids, "stage": stage}
+    if info.is_main:
+        atomic_write_json(out / "config.json", run_cfg)
+    end = total if stop_at is None else min(total, int(stop_at))
+    every = int(tcfg.get("ckpt_every", max(1, total // 4)))
+    clip_len, max_gap = int(tcfg.get("clip_frames", 3 if sparse else 2)), int(tcfg.get("max_gap", 3))
+    grad_clip = float(tcfg.get("grad_clip", 0.0))
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
+    logs = {}
+    for step in range(start, end):
+        ts = time.perf_counter()
+        seed_step(seed, step, info.rank)
+        rng = np.random.default_rng([seed, step, info.rank])
+        steps = _batch(frames, sampler.indices(step), clip_len, max_gap, bool(tcfg.get("flip", True)), rng)
+        loss, logs = chain_loss(model, criterion, steps, sparse, info.device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        dt = time.perf_counter() - ts
+        rows.append({"step": step + 1, "loss": float(loss.detach()), **{k: round(v, 6) for k, v in logs.items()},
+                     "lr": opt.param_groups[0]["lr"], "sec": round(dt, 4)})
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", s_step=f"{dt:.2f}")
+        bar.update(1)
+        done = step + 1
+        if info.is_main and (done % every == 0 or done == end):
+            save_checkpoint(out / LAST, model, opt, sched, done, cfg, extra)
+            _write_csv(out / "metrics.csv", rows)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    ckpt = out / LAST
+    if end == total and info.is_main:
+        ckpt = save_checkpoint(out / FINAL, model, None, None, total, cfg, extra)
+    ran = max(end - start, 1)
+    return {"out_dir": str(out), "checkpoint": str(ckpt), "steps": end, "seconds": seconds,
+            "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage}
+
+
+def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str = "cpu",
+               overrides: dict | None = None):
+    """Rebuild a trained :class:`VISModel` from a checkpoint (its stored config), in eval mode.
+
+    Args:
+        checkpoint: a ``model_final.pt`` / ``checkpoint_last.pt``.
+        pruning: the pruning section to build (default: the one stored when the checkpoint is from the sparse
+            stage, else dense).
+        overrides: deep-merged into the stored config's ``model`` section.
+
+    Returns:
+        (model, checkpoint dict).
+    """
+    ck = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = copy.deepcopy(ck["config"])
+    if pruning is None and ck.get("stage") == "sparse":
+        pruning = cfg.get("pruning")
+    mcfg = merge(cfg["model"], overrides or {})
+    model = build_vis_model(mcfg, int(ck["num_classes"]), pruning)
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    bad = [k for k in missing if ".pruner." not in k]
+    unexpected = [k for k in unexpected if ".pruner." not in k]
+    if bad or unexpected:
+        raise ValueError(f"{checkpoint}: state dict does not fit the model (missing {bad[:5]}, unexpected "
+                         f"{list(unexpected)[:5]})")
+    return model.to(device).eval(), ck
