@@ -107,22 +107,22 @@ def write_index(ctx: Context) -> Path:
                 lines += [e["caption"], ""]
         lines += [f"<sub>{name}: {_provenance_line(info.get('provenance', {}))}</sub>", ""]
     path = atomic_write_text(ctx.reports_dir / "index.md", "\n".join(lines))
-    _write_top_index()
+    _write_top_index(ctx.reports_dir.parent)
     return path
 
 
-def _write_top_index() -> Path:
-    profiles = sorted(p.parent.name for p in REPORTS_ROOT.glob("*/index.md"))
+def _write_top_index(root: Path = REPORTS_ROOT) -> Path:
+    """``<root>/index.md``: every profile report under ``root`` and each of its tables and figures."""
+    profiles = sorted(p.parent.name for p in root.glob("*/index.md"))
     lines = ["# vppkit reports", "", "One report per profile that was run (`make reports PROFILE=...`).", ""]
     for prof in profiles:
         lines.append(f"- [{prof}]({prof}/index.md)")
-        manifest_path = REPORTS_ROOT / prof / "manifest.json"
+        manifest_path = root / prof / "manifest.json"
         if manifest_path.exists():
             for name, info in json.loads(manifest_path.read_text()).items():
                 for e in info["entries"]:
                     links = ", ".join(f"[{fmt}]({prof}/{path})" for fmt, path in e["files"].items())
                     lines.append(f"  - {e['title']}: {links}")
-    bench = REPORTS_ROOT / "bench.md"
-    if bench.exists():
+    if (root / "bench.md").exists():
         lines += ["", "- [speed benchmark](bench.md)"]
-    return atomic_write_text(REPORTS_ROOT / "index.md", "\n".join(lines) + "\n")
+    return atomic_write_text(root / "index.md", "\n".join(lines) + "\n")

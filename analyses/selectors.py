@@ -40,6 +40,9 @@ def rows_frame(result: dict, aggregate_random: bool = True) -> pd.DataFrame:
     """The study's rows as a DataFrame with a ``method`` column; random seeds averaged when ``aggregate_random``
     (``*_sd`` columns hold the standard deviation over seeds, 0 for deterministic selectors)."""
     df = pd.DataFrame(result["rows"])
+    for col in ("coverage", "radius", "IoI", "IoI_S", "IoI_M", "IoI_L", "fg_share_of_kept", "AP", "AP50"):
+        if col in df:  # undefined metrics are stored as null: keep the column numeric (NaN)
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     nseeds = max(1, int((df.selector == "random").groupby(df.keep_ratio).sum().max() or 1))
     df["method"] = df.apply(_method, axis=1, nseeds=nseeds)
     df["family"] = df["selector"]

@@ -1,0 +1,87 @@
+"""End to end on the smoke profile: every artifact computed, rendered and linked from the report index.
+
+Sizes are cut below the smoke profile (fewer steps, one short validation video) so that the whole chain
+(data generation -> dense training -> 8 sparse fine-tunes -> evaluations -> tables/figures/index) stays
+within the test budget; the numbers are meaningless at this size, the test checks the plumbing and that
+every file a reader is pointed to exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from experiments.common import Context
+from experiments.run import ARTIFACTS, run_artifact
+from vppkit.config import load_config
+
+OVERRIDES = [
+    "train.dense.steps=6", "train.dense.ckpt_every=6", "train.sparse.steps=2", "train.sparse.ckpt_every=2",
+    "data.num_val_videos=1", "data.num_frames=4",
+    "selectors.keep_ratios=[0.2,0.5]", "selectors.lambdas=[0.5]", "selectors.seeds=[0]", "selectors.max_videos=1",
+    "fgs.max_frames=4",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VPPKIT_CACHE", str(root / "cache"))
+    ctx = Context(profile="smoke", cfg=load_config("smoke", OVERRIDES), results_dir=root / "results" / "smoke",
+                  reports_dir=root / "reports" / "smoke")
+    from analyses import report
+
+    names = [n for n in ARTIFACTS if n != "bench"]  # speed is measured by `make bench`, not in tests
+    results = {n: run_artifact(ctx, n) for n in names}
+    report.write_index(ctx)
+    yield ctx, results
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_every_artifact_has_a_result_with_provenance(smoke_run):
+    ctx, results = smoke_run
+    for name, res in results.items():
+        saved = json.loads(ctx.result_path(name).read_text())
+        assert saved["config_hash"] == res["config_hash"]
+        prov = saved["provenance"]
+        assert prov["profile"] == "smoke" and prov["seed"] == 0 and prov["commit"] and prov["time_utc"]
+
+
+@pytest.mark.slow
+def test_index_links_every_table_and_figure(smoke_run):
+    ctx, _ = smoke_run
+    index = (ctx.reports_dir / "index.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", index)
+    assert links, "index has no links"
+    for link in links:
+        assert (ctx.reports_dir / link).is_file(), f"index links a missing file: {link}"
+    manifest = json.loads((ctx.reports_dir / "manifest.json").read_text())
+    for name, info in manifest.items():
+        kinds = {e["kind"] for e in info["entries"]}
+        for e in info["entries"]:
+            fmts = set(e["files"])
+            assert fmts == ({"md", "csv", "tex"} if e["kind"] == "table" else {"png", "pdf"}), (name, fmts)
+        assert kinds, name
+    for must in ("fgs", "results", "ioi", "density", "kappa", "curves", "qualitative", "flops", "evtp", "selectors"):
+        assert must in manifest, f"artifact {must} not rendered"
+    top = (ctx.reports_dir.parent / "index.md").read_text()
+    assert "smoke/index.md" in top
+
+
+@pytest.mark.slow
+def test_reading_evaluates_the_paper_trends(smoke_run):
+    ctx, _ = smoke_run
+    reading = (ctx.reports_dir / "reading.md").read_text()
+    assert reading.count("\n| ") >= 8
+    assert "not run" not in reading
+
+
+@pytest.mark.slow
+def test_rerun_reuses_saved_results(smoke_run):
+    ctx, results = smoke_run
+    again = run_artifact(ctx, "results")
+    assert again["provenance"]["time_utc"] == results["results"]["provenance"]["time_utc"]
