@@ -15,7 +15,7 @@ DATA    ?=
 FORCE   ?= 0
 RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force)
 
-.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp bench tables figures lock clean-results
+.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors bench tables figures lock clean-results
 
 install: $(STAMP)
 
