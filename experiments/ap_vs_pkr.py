@@ -11,9 +11,8 @@ VARIANTS = ("vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40"
 
 def run(ctx: Context) -> dict:
     dense = zoo.evaluate(ctx, "dense")
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
-    config = {"artifact": "curves", "dense": dense["config_hash"],
-              "evals": {v: e["config_hash"] for v, e in evals.items()}}
+    evals, config = zoo.evaluate_many(ctx, "curves", VARIANTS)
+    config["dense"] = dense["config_hash"]
 
     def compute() -> dict:
         rows = []

@@ -39,10 +39,9 @@ def _paper_scale() -> list[dict]:
 
 
 def run(ctx: Context) -> dict:
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
+    evals, config = zoo.evaluate_many(ctx, "flops", VARIANTS)
     bench = ctx.load_result("bench")
-    config = {"artifact": "flops", "evals": {v: e["config_hash"] for v, e in evals.items()},
-              "bench": (bench or {}).get("config_hash")}
+    config["bench"] = (bench or {}).get("config_hash")
 
     def compute() -> dict:
         dense_total = evals["dense"]["backbone_GMACs"] + evals["dense"]["overhead_GMACs"]

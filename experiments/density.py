@@ -10,8 +10,8 @@ VARIANTS = ("vpp55", "svit55", "dynamicvit55", "vpp40", "svit40", "dynamicvit40"
 
 
 def run(ctx: Context) -> dict:
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
-    config = {"artifact": "density", "evals": {v: e["config_hash"] for v, e in evals.items()}}
+    evals, config = zoo.evaluate_many(ctx, "density", VARIANTS)
+
 
     def compute() -> dict:
         from vppkit.models.pruning.schedules import VPPSchedule

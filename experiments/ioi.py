@@ -15,8 +15,8 @@ COLUMNS = ("IoI", "IoI_S", "IoI_M", "IoI_L")
 
 
 def run(ctx: Context) -> dict:
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
-    config = {"artifact": "ioi", "evals": {v: e["config_hash"] for v, e in evals.items()}}
+    evals, config = zoo.evaluate_many(ctx, "ioi", VARIANTS)
+
 
     def compute() -> dict:
         rows = []

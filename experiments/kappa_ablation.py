@@ -11,8 +11,8 @@ VARIANTS = {0.3: "vpp55_kappa0.3", 0.5: "vpp55", 0.7: "vpp55_kappa0.7"}
 
 
 def run(ctx: Context) -> dict:
-    evals = {k: zoo.evaluate(ctx, v) for k, v in VARIANTS.items()}
-    config = {"artifact": "kappa", "evals": {str(k): e["config_hash"] for k, e in evals.items()}}
+    by_name, config = zoo.evaluate_many(ctx, "kappa", VARIANTS.values())
+    evals = {k: by_name[v] for k, v in VARIANTS.items()}
 
     def compute() -> dict:
         rows = [{"kappa_init": k, "PKR": 100 * e["pkr"]["all"], "AP": 100 * e["AP"],

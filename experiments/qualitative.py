@@ -29,9 +29,8 @@ def _pick_video(frames) -> int:
 
 
 def run(ctx: Context) -> dict:
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
-    config = {"artifact": "qualitative", "evals": {v: e["config_hash"] for v, e in evals.items()},
-              "layers": list(LAYERS), "num_frames": NUM_FRAMES}
+    evals, config = zoo.evaluate_many(ctx, "qualitative", VARIANTS)
+    config = {**config, "layers": list(LAYERS), "num_frames": NUM_FRAMES}
 
     def compute() -> dict:
         from vppkit.engine.datasets import VideoFrames

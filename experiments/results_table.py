@@ -10,8 +10,8 @@ VARIANTS = ("dense", "vpp55", "vpp40")
 
 
 def run(ctx: Context) -> dict:
-    evals = {v: zoo.evaluate(ctx, v) for v in VARIANTS}
-    config = {"artifact": "results", "evals": {v: e["config_hash"] for v, e in evals.items()}}
+    evals, config = zoo.evaluate_many(ctx, "results", VARIANTS)
+
 
     def compute() -> dict:
         rows = []

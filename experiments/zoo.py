@@ -115,6 +115,16 @@ def evaluate(ctx: Context, name: str) -> dict:
     return ctx.cached(f"eval_{name}", config, lambda: _evaluate(ctx, name, ckpt))
 
 
+def evaluate_many(ctx: Context, artifact: str, names) -> tuple[dict, dict]:
+    """Evaluations of several variants and the config an artifact built from them depends on.
+
+    Returns:
+        (``{name: evaluation}``, ``{"artifact": artifact, "evals": {name: evaluation config hash}}``).
+    """
+    evals = {name: evaluate(ctx, name) for name in names}
+    return evals, {"artifact": artifact, "evals": {name: e["config_hash"] for name, e in evals.items()}}
+
+
 def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
     from vppkit.engine.datasets import VideoFrames
     from vppkit.engine.infer import evaluate_run, infer_checkpoint
