@@ -111,7 +111,8 @@ def test_real_vpp_video_state_and_fvcore():
     assert abs(m_f.backbone / m_t.backbone - 1) < 0.03  # fvcore adds layer norms (~1.7 % at width 48)
     # frame 0 has no Map-SM: its overhead is lower than the next frames'
     per_frame = [float(r.overhead_macs.sum()) for r in m_t.records]
-    assert per_frame[0] < per_frame[1] == pytest.approx(per_frame[2])
+    assert per_frame[0] < min(per_frame[1:])
+    assert m_t.overhead == pytest.approx(m_t.reported_overhead, rel=1e-9)  # the pruner reports what it runs
     assert m_t.block_ratios[1] < 1.0  # Map-SM pruned on frames 1-2
 
 

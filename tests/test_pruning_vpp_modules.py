@@ -244,3 +244,25 @@ def test_temporal_state_reset_detach_check():
         st.check(torch.zeros(B + 1, N, C), (H, W))
     with pytest.raises(ValueError, match="bool"):
         TemporalState(key, key, torch.ones(B, N), (H, W), torch.ones(B, dtype=torch.bool))
+
+
+def test_map_sm_inference_path_equals_full_association():
+    """Without a graph Map-SM maps from the kept previous tokens only; the result equals the N x N path."""
+    from vppkit.models.pruning.vpp_modules import MapSM
+
+    torch.manual_seed(3)
+    b, grid, c = 3, (4, 5), 16
+    n = grid[0] * grid[1]
+    msm = MapSM(c, inference_noise=False).eval()
+    xq, xk, xv = torch.randn(b, n, c), torch.randn(b, n, c), torch.randn(b, n, c)
+    mask_prev = torch.rand(b, n) > 0.5
+    mask_prev[1] = False
+    mask_prev[1, 7] = True  # very different kept counts per sample (padding in the sparse path)
+    full = msm.associate(xq, xk, mask_prev, grid, noise=False) @ xv
+    with torch.no_grad():
+        sparse = msm.map_features_sparse(xq, xk, xv, mask_prev, grid, noise=False)
+        mask_ng, p_ng = msm(xq, xk, xv, mask_prev, grid, 0.6)
+    torch.testing.assert_close(sparse, full)
+    mask_g, p_g = msm(xq, xk, xv, mask_prev, grid, 0.6)
+    torch.testing.assert_close(p_ng, p_g.detach())
+    assert torch.equal(mask_ng, mask_g.detach())

@@ -64,8 +64,9 @@ def test_second_frame_map_sm_keeps_floor_nm_and_masks_nest(execution):
     assert out.keep.counts[:, 1].tolist() == [k, k] and out.keep.counts[:, 2].tolist() == [k, k]
     assert torch.equal(masks[:, 1], masks[:, 2])
     assert _is_nested(masks, 1)
-    expected = map_sm_macs(N, C) + 3 * sm_macs(N, C)
-    assert torch.allclose(out.keep.overhead_macs, torch.full((2,), float(expected), dtype=torch.float64))
+    # inference maps from the previous frame's kept tokens only: N K C instead of 2 N^2 C
+    expected = [map_sm_macs(N, C, int(kp)) + 3 * sm_macs(N, C) for kp in st.mask.sum(-1)]
+    assert torch.allclose(out.keep.overhead_macs, torch.tensor(expected, dtype=torch.float64))
     # the next key is the block-0 output, not the block-2 output (official in-place scatter bug, §12.1)
     assert torch.equal(out.state.key, out.intermediates[1])
     kept = masks[:, 1]
@@ -82,7 +83,7 @@ def test_mixed_batch_new_video_runs_dense_blocks_1_2():
     assert counts[0, 1:3].tolist() == [N, N]
     assert counts[1, 1:3].tolist() == [math.floor(N * 0.7)] * 2
     oh = out.keep.overhead_macs
-    assert oh[1] - oh[0] == pytest.approx(map_sm_macs(N, C))
+    assert oh[1] - oh[0] == pytest.approx(map_sm_macs(N, C, int(st.mask[1].sum())))
     assert out.state.valid.all()  # both samples now have a previous frame
     # the continuing sample gets the same mask as when run alone (deterministic mode)
     det = _model(inference_noise=False).eval()

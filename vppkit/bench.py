@@ -700,7 +700,7 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
     over = 0.0
     if spec.method == "vpp":
         from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
-        over = map_sm_macs(n, c) + 3 * sm_macs(n, c)
+        over = map_sm_macs(n, c, counts[5]) + 3 * sm_macs(n, c)  # inference: keys = tokens kept at block 5
     ideal = (backbone_macs(vs, ratio_schedule(n, [1.0] * bb.depth)).total
              / backbone_macs(vs, ratio_schedule(n, [k / n for k in counts]), overhead_macs=over).total)
     return {"arch": arch, "img_size": list(img_size), "method": spec.name, "num_patches": n, "counts": counts,

@@ -475,9 +475,11 @@ def method_schedule(method: str, spec: ViTSpec, grid: tuple[int, int], *, keep: 
         m = 0.7 if keep is None else keep
         r = 0.8 if rho is None else rho
         sched = vpp_schedule(n, m, r, spec.depth) if block_ratios is None else ratio_schedule(n, block_ratios, "vpp")
-        over = map_sm_macs(n, c) + 3 * sm_macs(n, c)
+        kept_prev = sched.attn[5]  # Map-SM maps from the previous frame's tokens kept at block 5 (inference)
+        over = map_sm_macs(n, c, int(round(kept_prev))) + 3 * sm_macs(n, c)
         note = (f"vpp: nominal m={m}, rho={r} (non-first frame)" if block_ratios is None else
-                "vpp: measured block ratios") + "; overhead = Map-SM (2N^2C + selector MLP) + 3 SMs on N tokens"
+                "vpp: measured block ratios") + ("; overhead = Map-SM at inference (N K C against the K previous "
+                                                 "tokens kept at block 5, + selector MLP) + 3 SMs on N tokens")
         return sched, float(over), note
     if method == "svit":
         r = 0.7 if rho is None else rho

@@ -273,7 +273,14 @@ class VPPPruner(Pruner):
                                 self.schedule.m, noise=ctx.noise)
             mask = keep.index_put((idx,), mv.to(keep.dtype))  # out of place: dense rows stay ones
         ctx.data["map_probs"] = p
-        ctx.add_overhead(valid.double().cpu() * map_sm_macs(ctx.num_patches, ctx.dim))
+        if torch.is_grad_enabled():  # full N x N association (straight-through graph)
+            macs = torch.full(valid.shape, float(map_sm_macs(ctx.num_patches, ctx.dim)), dtype=torch.float64)
+        else:  # inference maps from the K kept previous tokens only (MapSM.map_features_sparse)
+            kept = state.mask.sum(-1).cpu()
+            kept = torch.where(kept > 0, kept, torch.full_like(kept, ctx.num_patches))
+            macs = torch.tensor([float(map_sm_macs(ctx.num_patches, ctx.dim, int(k))) for k in kept],
+                                dtype=torch.float64)
+        ctx.add_overhead(valid.double().cpu() * macs)
         return mask.to(keep.dtype) * keep
 
 

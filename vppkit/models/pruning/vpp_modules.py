@@ -21,7 +21,7 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
-from .gumbel import gumbel_softmax_st, keep_from_logprobs, topk_mask_st
+from .gumbel import gumbel_softmax_st, keep_from_logprobs, sample_gumbel, topk_mask_st
 from .schedules import keep_count
 
 __all__ = [
@@ -67,15 +67,20 @@ def spatial_prior(grid: tuple[int, int], device: torch.device | str = "cpu") -> 
     return _spatial_prior_cached(int(grid[0]), int(grid[1]), torch.device(device))
 
 
-def map_sm_macs(num_tokens: int, dim: int) -> int:
-    """MACs of one Map-SM forward per sample: Phi_sim = x_q x_k^T and A x_v (2 N^2 C) + selector MLP.
+def map_sm_macs(num_tokens: int, dim: int, num_keys: int | None = None) -> int:
+    """MACs of one Map-SM forward per sample.
 
-    The selector MLP is C -> C/2 -> 2 on N tokens: N (C * C/2 + C/2 * 2). LayerNorm, softmax, pooling
-    and top-k are not multiply-adds of a matmul and are left out (fvcore convention).
-    Source: vpp-notes §4.2 "Cost" (about 1.6 GMAC for Tiny at N = 2040).
+    Training / graph path (official): Phi_sim = x_q x_k^T and A x_v over all N previous tokens (2 N^2 C).
+    Inference path (``num_keys`` = K kept previous tokens): Phi_sim against the K kept keys only (N K C) and
+    x_hat gathered by the argmax index (no matmul). Plus the selector MLP C -> C/2 -> 2 on N tokens:
+    N (C * C/2 + C/2 * 2). LayerNorm, softmax, pooling and top-k are not multiply-adds of a matmul and are
+    left out (fvcore convention). Source: vpp-notes §4.2 "Cost" (about 1.6 GMAC for Tiny at N = 2040).
     """
     hidden = dim // 2
-    return 2 * num_tokens * num_tokens * dim + num_tokens * (dim * hidden + hidden * 2)
+    selector = num_tokens * (dim * hidden + hidden * 2)
+    if num_keys is None:
+        return 2 * num_tokens * num_tokens * dim + selector
+    return num_tokens * int(num_keys) * dim + selector
 
 
 def sm_macs(num_tokens: int, dim: int) -> int:
@@ -146,6 +151,29 @@ class MapSM(nn.Module):
         phi = phi.masked_fill(~mask_prev[:, None, :], float("-inf"))
         return gumbel_softmax_st(self.tau * phi, self.tau, hard=True, noise=noise, dim=-1)
 
+    def map_features_sparse(self, x_q: torch.Tensor, x_k: torch.Tensor, x_v: torch.Tensor,
+                            mask_prev: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
+        """Steps 1-5 without a graph, against the kept previous tokens only: x_hat (B, N, C).
+
+        The association row of token i is one-hot, so ``A @ x_v`` is ``x_v`` at the row's argmax; and pruned
+        previous tokens have Phi = -inf, so only the K kept keys can win. Computing Phi against the K kept
+        keys (padded to the batch maximum, padding at -inf) and gathering x_v by the argmax gives the same
+        mapping as :meth:`associate` (identical in deterministic mode; the same distribution with noise) at
+        N K C instead of 2 N^2 C MACs. Used at inference only: it has no straight-through gradient.
+        """
+        b, n, c = x_q.shape
+        counts = mask_prev.sum(-1)
+        k_max = int(counts.max())
+        order = torch.argsort((~mask_prev).to(torch.int8), dim=1, stable=True)[:, :k_max]  # kept first, (B, K)
+        pad = torch.arange(k_max, device=x_q.device)[None, :] >= counts[:, None]
+        keys = x_k.gather(1, order[..., None].expand(-1, -1, c))
+        prior = spatial_prior(grid, x_q.device).to(x_q.dtype).t()[order].transpose(1, 2)  # (B, N, K)
+        phi = torch.baddbmm(prior, x_q, keys.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf"))
+        if noise:  # same perturbation as gumbel_softmax_st(tau * phi, tau): phi + g / tau
+            phi = phi + sample_gumbel(phi) / self.tau
+        src = order.gather(1, phi.argmax(-1))  # (B, N) previous-frame token mapped onto each current token
+        return x_v.gather(1, src[..., None].expand(-1, -1, c))
+
     def keep_probability(self, x_hat: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
         """Soft keep probability p (B, N) from mapped features x_hat (B, N, C) (steps 6-8)."""
         b, n, _ = x_hat.shape
@@ -193,8 +221,10 @@ class MapSM(nn.Module):
         if bool(empty.any()):
             mask_prev = mask_prev | empty[:, None]
         use_noise = self.use_noise(noise)
-        a = self.associate(x_q, x_k, mask_prev, grid, use_noise)
-        x_hat = a @ x_v
+        if torch.is_grad_enabled():
+            x_hat = self.associate(x_q, x_k, mask_prev, grid, use_noise) @ x_v
+        else:  # inference: no straight-through gradient needed, map from the kept keys only
+            x_hat = self.map_features_sparse(x_q, x_k, x_v, mask_prev, grid, use_noise)
         p = self.keep_probability(x_hat, grid, use_noise)
         return topk_mask_st(p, k), p
 
