@@ -3,9 +3,14 @@
 Deterministic from a seed (numpy ``default_rng([seed, video_index])``). Each video has:
 
 - 2-4 instances from 4 categories that differ in shape AND texture (striped disc, checkered square,
-  dotted triangle, ringed star), each with its own colour pair and a little shading;
-- smooth motion (start -> roughly mirrored end point through the frame centre, plus a sinusoidal
-  wobble), rotation and a scale change over the video (area x0.78 .. x1.28);
+  dotted triangle, ringed star), each with its own colour pair drawn from its category's hue family
+  (hues 0.25 apart, +-0.07; generator v2) and a little shading. Hue families make the categories learnable by
+  the CPU-sized ViT trained from scratch (with random hues, v1, its class predictions stayed at chance);
+  blurred distractors use the same families, so colour alone does not tell objects from background;
+- smooth motion (start -> roughly mirrored end point through a crossing point near the frame centre, each
+  instance its own point (v2: centre +- 0.45 of the reach, so paths cross without every instance stacking on
+  the centre at mid-video), plus a sinusoidal wobble), rotation and a scale change over the video
+  (area x0.78 .. x1.28);
 - occlusions: instances are drawn in a fixed depth order (larger size bins behind smaller ones, random
   within a bin) and the annotation is the *visible* (modal) mask, as in YouTube-VIS; paths cross near
   the centre so occlusions are common;
@@ -41,19 +46,23 @@ __all__ = ["CATEGORIES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bi
 
 #: category id -> (name, shape, texture)
 CATEGORIES = [
-    {"id": 1, "name": "striped_disc", "shape": "disc", "texture": "stripes"},
-    {"id": 2, "name": "checkered_square", "shape": "square", "texture": "checker"},
-    {"id": 3, "name": "dotted_triangle", "shape": "triangle", "texture": "dots"},
-    {"id": 4, "name": "ringed_star", "shape": "star", "texture": "rings"},
+    {"id": 1, "name": "striped_disc", "shape": "disc", "texture": "stripes", "hue": 0.0},
+    {"id": 2, "name": "checkered_square", "shape": "square", "texture": "checker", "hue": 0.25},
+    {"id": 3, "name": "dotted_triangle", "shape": "triangle", "texture": "dots", "hue": 0.5},
+    {"id": 4, "name": "ringed_star", "shape": "star", "texture": "rings", "hue": 0.75},
 ]
+#: half-width of a category's hue family (hue in 0..1; families are 0.25 apart)
+_HUE_JITTER = 0.07
 #: IoI size bins by the instance's share of the frame area: (low, high], supplementary §D.
 SIZE_BINS = {"S": (0.0, 0.10), "M": (0.10, 0.20), "L": (0.20, 1.0)}
 #: target (amodal) area fraction at mid-video per bin; the zoom keeps it inside the bin.
 _TARGET_AREA = {"S": (0.03, 0.065), "M": (0.145, 0.17), "L": (0.27, 0.32)}
 _BIN_CYCLE = ("S", "M", "L")
+#: instance paths cross at centre ± this fraction of their reach (0: every path through the frame centre)
+_CROSS_SPREAD = 0.45
 JSON_NAME = "instances.json"
 #: bump when the generator's output changes (part of the cache key of :func:`synthetic_dataset` and of ``info``)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def size_bin(fraction: float) -> str:
@@ -108,9 +117,9 @@ def _area_factor(shape: str) -> float:
     return float(_shape(shape, u, v).mean() * 4.0)
 
 
-def _vivid(rng: np.random.Generator) -> np.ndarray:
-    """A saturated RGB colour (float 0..255)."""
-    h = rng.uniform(0, 1)
+def _vivid(rng: np.random.Generator, hue: float | None = None) -> np.ndarray:
+    """A saturated RGB colour (float 0..255); ``hue`` (0..1) picks a hue family (± ``_HUE_JITTER``), else any hue."""
+    h = rng.uniform(0, 1) if hue is None else (hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 1.0
     rgb = np.clip(np.abs(((h * 6 + np.array([0, 4, 2])) % 6) - 3) - 1, 0, 1)  # hsv->rgb with s=v=1
     s, val = rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95)
     return 255 * val * (1 - s + s * rgb)
@@ -155,7 +164,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         m = _shape(cat["shape"], u, v)
         tex = _texture(cat["texture"], u, v, rng.uniform(2, 4))
         blurred = rng.uniform() < 0.5
-        c1 = _vivid(rng) if blurred else _dull(rng, base)
+        c1 = _vivid(rng, cat["hue"]) if blurred else _dull(rng, base)  # same colour family as the category
         c2 = _dull(rng, base)
         col = np.where(tex[..., None], c1, c2)
         if blurred:
@@ -189,9 +198,14 @@ def _plan_instances(rng: np.random.Generator, video_index: int, first_instance: 
         r0 = float(np.sqrt(area / _area_factor(cat["shape"])))
         centre = np.array([width / 2, height / 2])
         reach = np.maximum(np.array([width, height]) / 2 - 0.9 * r0, 0.1 * min(height, width))
+        # each path crosses its own point of the central region, so paths cross (occlusions) without
+        # every instance stacking on the frame centre at mid-video
+        cross = centre + rng.uniform(-_CROSS_SPREAD, _CROSS_SPREAD, 2) * reach
         a = rng.uniform(0, 2 * np.pi)
-        p0 = centre + rng.uniform(0.5, 1.0) * reach * np.array([np.cos(a), np.sin(a)])
-        p1 = centre - (p0 - centre) * rng.uniform(0.6, 1.0) + rng.normal(0, 0.1, 2) * reach
+        p0 = np.clip(cross + rng.uniform(0.5, 1.0) * reach * np.array([np.cos(a), np.sin(a)]),
+                     centre - reach, centre + reach)
+        p1 = np.clip(cross - (p0 - cross) * rng.uniform(0.6, 1.0) + rng.normal(0, 0.1, 2) * reach,
+                     centre - reach, centre + reach)
         t_in, t_out = empty_start, num_frames
         if k > 0 and num_frames >= 6:
             u = rng.uniform()
@@ -203,7 +217,8 @@ def _plan_instances(rng: np.random.Generator, video_index: int, first_instance: 
                       "zoom": rng.uniform(-0.25, 0.25), "angle0": rng.uniform(0, 2 * np.pi),
                       "spin": rng.uniform(-0.08, 0.08), "wobble": rng.uniform(0, 0.06) * min(height, width),
                       "wphase": rng.uniform(0, 2 * np.pi), "wfreq": rng.uniform(0.5, 1.5) * 2 * np.pi / t_last,
-                      "freq": rng.uniform(2.5, 4.5), "colours": (_vivid(rng), _vivid(rng) * 0.45),
+                      "freq": rng.uniform(2.5, 4.5),
+                      "colours": (_vivid(rng, cat["hue"]), _vivid(rng, cat["hue"]) * 0.45),
                       "depth": rng.uniform()})
     return plans
 

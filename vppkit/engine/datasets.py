@@ -37,14 +37,15 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
     """
     source = dcfg.get("source", "synthetic")
     if source == "synthetic":
-        from vppkit.data.synthetic import JSON_NAME, generate_synthetic
+        from vppkit.data.synthetic import GENERATOR_VERSION, JSON_NAME, generate_synthetic
 
         key = "num_videos" if split == "train" else "num_val_videos"
         args = dict(num_videos=int(dcfg.get(key, dcfg.get("num_videos", 4))),
                     seed=int(dcfg.get("seed", 0) if split == "train" else dcfg.get("val_seed", 1000)),
                     num_frames=int(dcfg.get("num_frames", 16)), height=int(dcfg.get("height", 192)),
                     width=int(dcfg.get("width", 192)))
-        out = cache_dir() / "synthetic" / f"{split}-{config_hash(args)}"
+        # the generator version is part of the key: a changed generator never reuses stale cached frames
+        out = cache_dir() / "synthetic" / f"{split}-{config_hash({**args, 'generator': GENERATOR_VERSION})}"
         js = out / JSON_NAME
         if not js.exists():
             generate_synthetic(out, progress=progress, **args)

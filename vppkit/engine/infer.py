@@ -39,7 +39,8 @@ __all__ = ["infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "
 
 @torch.no_grad()
 def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_threshold: float = 0.0,
-                momentum: float = 0.0, execution: str | None = "gathered", visualize_dir: Path | None = None):
+                momentum: float = 0.0, execution: str | None = "gathered", visualize_dir: Path | None = None,
+                score: str = "mean"):
     """Run one video online.
 
     Args:
@@ -50,13 +51,14 @@ def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_th
         momentum: tracker reference momentum (0 = MinVIS, previous frame).
         execution: backbone execution mode.
         visualize_dir: write an overlay PNG per frame there (optional).
+        score: (track, class) scoring of :class:`VideoTrackAccumulator` ("mean" | "present" | "present_mask").
 
     Returns:
         (results list for this video, list of per-frame KeepRecords (batch 1 each)).
     """
     vid = frames.videos[vi]
     h, w = int(vid["height"]), int(vid["width"])
-    acc = VideoTrackAccumulator(vid["id"], frames.num_frames(vi), frames.category_ids, top_k)
+    acc = VideoTrackAccumulator(vid["id"], frames.num_frames(vi), frames.category_ids, top_k, score=score)
     device = next(model.parameters()).device
     state = track = None
     records = []
@@ -69,7 +71,11 @@ def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_th
         logits = F.interpolate(out.pred_masks[0][perm][None].float(), size=(h, w), mode="bilinear",
                                align_corners=False)[0]
         masks = logits > mask_threshold
-        acc.add_frame(t, probs, masks)
+        mask_scores = None
+        if score == "present_mask":  # mean mask probability inside the binary mask (Mask2Former)
+            mf = masks.flatten(1).float()
+            mask_scores = (logits.sigmoid().flatten(1) * mf).sum(1) / mf.sum(1).clamp(min=1.0)
+        acc.add_frame(t, probs, masks, mask_scores)
         records.append(out.backbone.keep)
         if visualize_dir is not None:
             _save_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{t:05d}.png", img, out, perm,
@@ -142,7 +148,8 @@ def load_keep_records(path: str | Path) -> dict[int, KeepRecord]:
 
 def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None, *, top_k: int = 10,
                   mask_threshold: float = 0.0, momentum: float = 0.0, visualize: bool = False,
-                  max_videos: int | None = None, progress: bool = True, meta: dict | None = None) -> dict:
+                  max_videos: int | None = None, progress: bool = True, meta: dict | None = None,
+                  score: str = "mean") -> dict:
     """Run every video of ``frames`` and (when ``out_dir``) write the files listed in the module docstring.
 
     Returns:
@@ -156,7 +163,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     t0 = time.perf_counter()
     for vi in tqdm(range(n), desc="infer", unit="video", disable=not progress):
         res, recs = infer_video(model, frames, vi, top_k=top_k, mask_threshold=mask_threshold, momentum=momentum,
-                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None)
+                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None, score=score)
         vid = frames.videos[vi]["id"]
         results.extend(res)
         per_video[vid] = KeepRecord(torch.cat([r.masks for r in recs]), torch.cat([r.counts for r in recs]),
@@ -169,7 +176,8 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     nframes = len(all_recs)
     pkr = records_pkr(all_recs, firsts) if all_recs else {}
     summary = {"frames": nframes, "videos": n, "seconds": seconds, "sec_per_frame": seconds / max(nframes, 1),
-               "pkr": pkr, "settings": {"top_k": top_k, "mask_threshold": mask_threshold, "momentum": momentum},
+               "pkr": pkr, "settings": {"top_k": top_k, "mask_threshold": mask_threshold, "momentum": momentum,
+                                                "score": score},
                **(meta or {})}
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", results, indent=None)
@@ -218,7 +226,8 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
     res = run_inference(model, frames, out_dir, top_k=int(ecfg.get("top_k", 10)),
                         mask_threshold=float(ecfg.get("mask_threshold", 0.0)),
                         momentum=float(ecfg.get("tracker_momentum", 0.0)), visualize=visualize,
-                        max_videos=max_videos, progress=progress, meta=meta)
+                        max_videos=max_videos, progress=progress, meta=meta,
+                        score=str(ecfg.get("score", "mean")))
     return res
 
 

@@ -88,6 +88,9 @@ def encode_rle(mask: np.ndarray) -> dict:
     return rle
 
 
+SCORE_MODES = ("mean", "present", "present_mask")
+
+
 class VideoTrackAccumulator:
     """Per-video collector of tracked predictions -> YouTube-VIS results entries.
 
@@ -96,22 +99,38 @@ class VideoTrackAccumulator:
         num_frames: frames of the video (results carry one segmentation per frame).
         category_ids: (C,) dataset category ids of the model's classes 0..C−1.
         top_k: instances kept per video (MinVIS keeps 10).
+        score: how a (track, class) pair is scored:
+            ``"mean"`` (MinVIS): class probability averaged over all frames of the video;
+            ``"present"``: averaged over the frames where the track's mask is non-empty (a track that enters late
+            or leaves early is not penalised for the frames it is absent);
+            ``"present_mask"``: ``"present"`` × the track's mean mask score (mean mask probability inside the
+            binary mask over its present frames; Mask2Former's instance score, needs ``mask_scores``).
 
-    Memory: per frame only Q RLE dicts (``None`` for an empty mask) and a (Q, C) running sum of probabilities.
+    Memory: per frame only Q RLE dicts (``None`` for an empty mask) and (Q, C) / (Q,) running sums.
     """
 
-    def __init__(self, video_id: int, num_frames: int, category_ids: list[int], top_k: int = 10) -> None:
+    def __init__(self, video_id: int, num_frames: int, category_ids: list[int], top_k: int = 10,
+                 score: str = "mean") -> None:
+        if score not in SCORE_MODES:
+            raise ValueError(f"VideoTrackAccumulator: score must be one of {SCORE_MODES}, got {score!r}")
         self.video_id, self.num_frames, self.category_ids, self.top_k = video_id, num_frames, list(category_ids), top_k
+        self.score = score
         self.prob_sum: torch.Tensor | None = None
+        self.present_prob_sum: torch.Tensor | None = None
+        self.present_count: torch.Tensor | None = None
+        self.mask_score_sum: torch.Tensor | None = None
         self.rles: list[list[dict | None]] = []
 
-    def add_frame(self, frame_idx: int, probs: torch.Tensor, masks: torch.Tensor) -> None:
+    def add_frame(self, frame_idx: int, probs: torch.Tensor, masks: torch.Tensor,
+                  mask_scores: torch.Tensor | None = None) -> None:
         """Add one frame, already in track order.
 
         Args:
             frame_idx: 0-based frame index (frames must come in order).
             probs: (Q, C+1) class probabilities (last = no object).
             masks: (Q, H, W) bool masks at the original frame size.
+            mask_scores: (Q,) mask quality in [0, 1] (mean mask probability inside the mask); used by
+                ``score="present_mask"`` (1 when not given).
 
         Raises:
             ValueError: out-of-order frame or a shape mismatch.
@@ -121,12 +140,32 @@ class VideoTrackAccumulator:
         p = probs[:, :-1].detach().float().cpu()
         if self.prob_sum is not None and p.shape != self.prob_sum.shape:
             raise ValueError(f"video {self.video_id}: probs {tuple(p.shape)} vs {tuple(self.prob_sum.shape)}")
-        self.prob_sum = p if self.prob_sum is None else self.prob_sum + p
         m = masks.detach().cpu().numpy().astype(bool)
+        present = torch.from_numpy(m.reshape(m.shape[0], -1).any(1)).float()
+        ms = (torch.ones(p.shape[0]) if mask_scores is None else mask_scores.detach().float().cpu()) * present
+        if self.prob_sum is None:
+            self.prob_sum = torch.zeros_like(p)
+            self.present_prob_sum = torch.zeros_like(p)
+            self.present_count = torch.zeros(p.shape[0])
+            self.mask_score_sum = torch.zeros(p.shape[0])
+        self.prob_sum += p
+        self.present_prob_sum += p * present[:, None]
+        self.present_count += present
+        self.mask_score_sum += ms
         self.rles.append([encode_rle(mq) if mq.any() else None for mq in m])
 
+    def scores(self) -> torch.Tensor:
+        """(Q, C) score of every (track, class) pair under ``self.score``."""
+        if self.score == "mean":
+            return self.prob_sum / self.num_frames
+        n = self.present_count.clamp(min=1)[:, None]
+        s = self.present_prob_sum / n
+        if self.score == "present_mask":
+            s = s * (self.mask_score_sum[:, None] / n)
+        return s
+
     def results(self) -> list[dict]:
-        """Top-k (track, class) pairs by mean class probability over the frames (MinVIS inference).
+        """Top-k (track, class) pairs by score (default: mean class probability over the frames, MinVIS).
 
         Returns:
             list of ``{video_id, category_id, score, segmentations}``; tracks empty in every frame are skipped.
@@ -138,7 +177,7 @@ class VideoTrackAccumulator:
             raise ValueError(f"video {self.video_id}: {len(self.rles)} frames added, expected {self.num_frames}")
         if self.prob_sum is None:
             return []
-        scores = self.prob_sum / self.num_frames  # (Q, C)
+        scores = self.scores()  # (Q, C)
         q, c = scores.shape
         flat = scores.flatten()
         order = torch.argsort(flat, descending=True)
