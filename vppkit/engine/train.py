@@ -16,8 +16,9 @@ Determinism and resume: the samples of step s and every random draw inside it (G
 resumed from its last checkpoint ends with exactly the weights of an uninterrupted run (CPU).
 
 Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps and at the end), ``model_final.pt``,
-``metrics.csv`` (one row per step; the whole file is rewritten atomically at each checkpoint, so it never holds
-rows beyond the checkpointed step), ``config.json``. Only rank 0 writes.
+``metrics.csv`` (one row per step, with wall ``sec`` and process ``cpu_sec`` (all threads); the whole file is
+rewritten atomically at each checkpoint, so it never holds rows beyond the checkpointed step), ``config.json``
+(+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -144,14 +145,52 @@ def chain_loss(model, criterion, steps, sparse: bool, device) -> tuple[torch.Ten
     return loss_seg + loss_aux, logs
 
 
-def _load_init(model, path: str | Path) -> None:
+def _load_init(model, path: str | Path, ck: dict | None = None) -> None:
     """Initialise from a (dense) checkpoint; only the pruner's parameters may be missing."""
-    ck = load_checkpoint(path)
+    ck = ck if ck is not None else load_checkpoint(path)
     missing, unexpected = unwrap(model).load_state_dict(ck["model"], strict=False)
     bad = [k for k in missing if ".pruner." not in k]
     if bad or unexpected:
         raise ValueError(f"--init {path}: missing keys {bad[:5]}..., unexpected keys {list(unexpected)[:5]}... "
                          "(only pruner parameters may be missing)")
+
+
+def _build_for_training(cfg: dict, tcfg: dict, num_classes: int, pcfg: dict | None, init) -> tuple:
+    """The model of a stage (initialised from ``init``), frozen per ``train.freeze_backbone``; + backbone info.
+
+    Without ``init`` the backbone comes from the model section (``model.pretrained``: the pretrained weights,
+    or the recorded fallback to a from-scratch backbone, :func:`vppkit.models.vis.model.resolve_backbone`).
+    With ``init`` (sparse stage) the backbone is built as the init checkpoint's was (same arch, also after a
+    fallback) and its weights come from that checkpoint: nothing pretrained is read again.
+
+    ``train.freeze_backbone: true`` freezes the backbone ViT's weights (the pruner, pyramid and decoder
+    train). It is ignored, with the reason recorded, when the pretrained backbone was asked for but the model
+    fell back to a random-init one: a frozen random backbone would never learn.
+    """
+    ck_init = load_checkpoint(init) if init else None
+    init_bb = (ck_init or {}).get("backbone") or {}
+    if init_bb.get("model"):
+        model = build_vis_model(init_bb["model"], num_classes, pcfg, load_pretrained=False)
+        backbone = {k: v for k, v in init_bb.items() if k not in ("frozen", "freeze_note", "trainable_params")}
+        backbone["reason"] = f"{backbone.get('reason')} [weights from --init {init}]"
+    else:
+        model = build_vis_model(cfg["model"], num_classes, pcfg)
+        backbone = dict(model.backbone_info)
+    if init:
+        _load_init(model, init, ck_init)
+    freeze = bool(tcfg.get("freeze_backbone", False))
+    note = None
+    if freeze and backbone.get("fallback"):
+        freeze, note = False, "freeze_backbone ignored: the pretrained backbone is unavailable (from-scratch fallback)"
+        log.warning("%s", note)
+    if freeze:
+        model.freeze_backbone(True)
+        note = "backbone ViT weights frozen (not in the optimizer); pruner, pyramid and decoder train"
+    backbone.update(frozen=freeze, freeze_note=note,
+                    trainable_params=int(sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    model.backbone_info = backbone
+    log.info("backbone: %s (%s)%s", backbone.get("source"), backbone.get("arch"), " frozen" if freeze else "")
+    return model, backbone
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -212,9 +251,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     js, frames_root = resolve_split(cfg["data"], "train", progress=progress and info.is_main)
     frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=bool(cfg["data"].get("cache", True)))
     num_classes = len(frames.category_ids)
-    model = build_vis_model(cfg["model"], num_classes, pcfg).to(info.device)
-    if init:
-        _load_init(model, init)
+    model, backbone = _build_for_training(cfg, tcfg, num_classes, pcfg, init)
+    model = model.to(info.device)
     model.train()
     total = int(tcfg["steps"])
     batch = int(tcfg.get("batch", 1))
@@ -239,9 +277,9 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         start = int(ck["step"])
         rows = _read_csv(out / "metrics.csv", start)
         log.info("resumed %s at step %d", out / LAST, start)
-    extra = {"num_classes": num_classes, "category_ids": frames.category_ids, "stage": stage}
+    extra = {"num_classes": num_classes, "category_ids": frames.category_ids, "stage": stage, "backbone": backbone}
     if info.is_main:
-        atomic_write_json(out / "config.json", run_cfg)
+        atomic_write_json(out / "config.json", {**run_cfg, "backbone": backbone})
     end = total if stop_at is None else min(total, int(stop_at))
     every = int(tcfg.get("ckpt_every", max(1, total // 4)))
     clip_len, max_gap = int(tcfg.get("clip_frames", 3 if sparse else 2)), int(tcfg.get("max_gap", 3))
@@ -250,7 +288,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
     for step in range(start, end):
-        ts = time.perf_counter()
+        ts, cs = time.perf_counter(), time.process_time()
         seed_step(seed, step, info.rank)
         rng = np.random.default_rng([seed, step, info.rank])
         steps = _batch(frames, sampler.indices(step), clip_len, max_gap, bool(tcfg.get("flip", True)), rng)
@@ -263,7 +301,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         sched.step()
         dt = time.perf_counter() - ts
         rows.append({"step": step + 1, "loss": float(loss.detach()), **{k: round(v, 6) for k, v in logs.items()},
-                     "lr": opt.param_groups[0]["lr"], "sec": round(dt, 4)})
+                     "lr": opt.param_groups[0]["lr"], "sec": round(dt, 4),
+                     "cpu_sec": round(time.process_time() - cs, 4)})  # CPU time, all threads (shared machines)
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", s_step=f"{dt:.2f}")
         bar.update(1)
         done = step + 1
@@ -277,7 +316,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         ckpt = save_checkpoint(out / FINAL, model, None, None, total, cfg, extra)
     ran = max(end - start, 1)
     return {"out_dir": str(out), "checkpoint": str(ckpt), "steps": end, "seconds": seconds,
-            "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage}
+            "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage, "backbone": backbone}
 
 
 def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str = "cpu",
@@ -297,8 +336,12 @@ def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str 
     cfg = copy.deepcopy(ck["config"])
     if pruning is None and ck.get("stage") == "sparse":
         pruning = cfg.get("pruning")
-    mcfg = merge(cfg["model"], overrides or {})
-    model = build_vis_model(mcfg, int(ck["num_classes"]), pruning)
+    # the backbone as it was built (after a pretrained fallback, if any); its weights are in the checkpoint
+    built = (ck.get("backbone") or {}).get("model") or cfg["model"]
+    mcfg = merge(built, overrides or {})
+    model = build_vis_model(mcfg, int(ck["num_classes"]), pruning, load_pretrained=False)
+    if ck.get("backbone"):
+        model.backbone_info = dict(ck["backbone"])
     missing, unexpected = model.load_state_dict(ck["model"], strict=False)
     bad = [k for k in missing if ".pruner." not in k]
     unexpected = [k for k in unexpected if ".pruner." not in k]

