@@ -160,8 +160,18 @@ def cost_table(ctx: Context, result: dict) -> list[Entry]:
            "timings). " + _ours_note(ctx, result))
     cap2 = ("Closed-form GMACs at paper scale (960x544 input, N = 60x34 = 2040 patches) under each method's nominal "
             "schedule (no model run; vpp-notes §8.4). Computed by vppkit, not reported by the paper.")
-    return [_table_entry(ctx, ours, "cost_table", "Cost table: GMACs and speed per method and PKR", cap),
-            _table_entry(ctx, paper_scale, "cost_paper_scale", "Cost at paper scale (nominal schedules)", cap2)]
+    entries = [_table_entry(ctx, ours, "cost_table", "Cost table: GMACs and speed per method and PKR", cap),
+               _table_entry(ctx, paper_scale, "cost_paper_scale", "Cost at paper scale (nominal schedules)", cap2)]
+    if result.get("bench_rows"):
+        bench = pd.DataFrame(result["bench_rows"]).rename(columns={
+            "PKR": "PKR (%)", "ms_per_frame": "ms/frame", "measured_speedup": "measured speed-up",
+            "ideal_speedup": "ideal speed-up", "realized_over_ideal": "realized/ideal"})
+        prov = result.get("bench_provenance") or {}
+        cap3 = ("Measured speed from `make bench` (backbone only, gathered execution, real pruner modules at the "
+                "nominal keep schedule, median of repeats; full report in bench.md). Measured at commit "
+                f"`{prov.get('commit')}`, {prov.get('time_utc')}, device {prov.get('device')}.")
+        entries.append(_table_entry(ctx, bench, "cost_speed", "Cost table: measured speed (benchmark)", cap3))
+    return entries
 
 
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {

@@ -8,6 +8,8 @@ the closed form under each method's nominal keep ratios (no model run).
 
 from __future__ import annotations
 
+import json
+
 from experiments import zoo
 from experiments.common import Context
 
@@ -38,9 +40,24 @@ def _paper_scale() -> list[dict]:
     return rows
 
 
+def _bench_rows(bench: dict) -> list[dict]:
+    """Measured speed from `make bench` (real pruner modules, backbone), one row per model x method x batch."""
+    rows = []
+    for model in bench["models"]:
+        for r in model["rows"]:
+            if r["part"] != "backbone" or r["variant"] not in ("dense", "real"):
+                continue
+            rows.append({"model": model["case"].split(",")[0], "method": r["method"], "batch": r["batch"],
+                         "PKR": 100 * r["realised_pkr"], "GMACs": r["GMACs"], "ms_per_frame": r["ms_per_frame"],
+                         "measured_speedup": r["speedup_measured"], "ideal_speedup": r["speedup_ideal"],
+                         "realized_over_ideal": r["realized_over_ideal"]})
+    return rows
+
+
 def run(ctx: Context) -> dict:
     evals, config = zoo.evaluate_many(ctx, "flops", VARIANTS)
-    bench = ctx.load_result("bench")
+    bench_path = ctx.results_dir.parent / "bench" / "bench.json"  # shared by all profiles (experiments.bench)
+    bench = json.loads(bench_path.read_text()) if bench_path.exists() else None
     config["bench"] = (bench or {}).get("config_hash")
 
     def compute() -> dict:
@@ -55,6 +72,8 @@ def run(ctx: Context) -> dict:
                          "ideal_speedup": dense_total / total,
                          "ms_per_frame_whole_model": 1000 * e["seconds_per_frame"]})
         return {"rows": rows, "paper_scale": _paper_scale(), "model": ctx.cfg["model"]["arch"],
-                "img_size": ctx.cfg["model"]["img_size"], "bench_available": bench is not None}
+                "img_size": ctx.cfg["model"]["img_size"], "bench_available": bench is not None,
+                "bench_rows": _bench_rows(bench) if bench else [],
+                "bench_provenance": (bench or {}).get("provenance")}
 
     return ctx.cached("flops", config, compute)

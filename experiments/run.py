@@ -21,6 +21,7 @@ from experiments.common import Context
 # by the first artifact that needs them and reused by the others).
 ARTIFACTS: dict[str, str] = {
     "evtp": "experiments.evtp_flops",
+    "bench": "experiments.bench",
     "flops": "experiments.cost",
     "fgs": "experiments.fgs",
     "results": "experiments.results_table",
@@ -30,7 +31,6 @@ ARTIFACTS: dict[str, str] = {
     "curves": "experiments.ap_vs_pkr",
     "qualitative": "experiments.qualitative",
     "selectors": "experiments.selectors",
-    "bench": "experiments.bench",
 }
 
 
