@@ -11,7 +11,9 @@ Reuse: a checkpoint is reused when its run folder (named by the hash of the exac
 holds ``model_final.pt``; an evaluation when its saved result has the same config hash (``FORCE=1`` redoes
 both).
 
-Variants and their keep schedules (goal PKR 55 % / 40 %):
+Variants and their keep schedules (goal PKR 55 % / 40 %); a profile can add method settings that hold for
+all variants of a method with ``pruning_overrides: {vpp: {...}, svit: {...}}`` (e.g. Map-SM's smoothing
+radius for small patch grids):
 - VPP: presets ``pkr55`` (m = 0.7, ρ = 0.8, nominal 54.16 %) and ``pkr40`` (m = 0.6, ρ = 0.7, nominal
   41.33 %), κ_init 0.5 (Table 6); the κ_init ablation (Table 7) varies κ_init ∈ {0.3, 0.7} at pkr55.
 - SViT: blocks 0-2 dense, gates at 3..11 with targets ρ, ρ², ρ³ per stage solved for the goal PKR
@@ -82,8 +84,9 @@ def checkpoint(ctx: Context, name: str) -> Path:
         stage, init = "dense", None
     else:
         stage, init = "sparse", checkpoint(ctx, "dense")
-        cfg["pruning"] = {**(cfg.get("pruning") or {}), **spec["pruning"]}
-        cfg["pruning"] = {k: v for k, v in cfg["pruning"].items() if k in spec["pruning"]}
+        # the variant's own pruning section, plus the profile's per-method settings (``pruning_overrides``)
+        extra = (cfg.get("pruning_overrides") or {}).get(spec["pruning"]["method"], {})
+        cfg["pruning"] = {**extra, **spec["pruning"]}
     run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
     out = _run_dir(ctx, name, run_cfg)
     final = out / "model_final.pt"
