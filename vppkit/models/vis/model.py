@@ -145,26 +145,19 @@ class VISModel(nn.Module):
 def build_pruner(pcfg: dict | None, dim: int):
     """Pruner for token width ``dim`` from the config's ``pruning`` section, or None for dense.
 
-    ``pcfg``: ``{"method": "none"|"dense"|"vpp"|"svit"|"dynamicvit", "schedule": "pkr55"|"pkr40", ...}``; every
-    other key is passed to the pruner's constructor (method-specific).
+    ``pcfg``: ``{"method": "none"|"dense"|"vpp"|"svit"|"dynamicvit"|"evit"|"tome", ...}``; every other key is
+    passed to the pruner's constructor (method-specific, e.g. ``schedule: pkr55`` for VPP), through
+    :func:`vppkit.models.pruning.build_pruner`.
 
     Raises:
         ValueError: unknown method.
     """
+    from vppkit.models.pruning import build_pruner as build_method_pruner
+
     if not pcfg or str(pcfg.get("method", "none")).lower() in ("none", "dense", "null"):
         return None
-    method = str(pcfg["method"]).lower()
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in pcfg.items() if k != "method"}
-    if method == "vpp":
-        from vppkit.models.pruning.vpp import VPPPruner
-        return VPPPruner(dim, **kwargs)
-    if method == "svit":
-        from vppkit.models.pruning.svit import SViTPruner
-        return SViTPruner(dim, **kwargs)
-    if method == "dynamicvit":
-        from vppkit.models.pruning.dynamicvit import DynamicViTPruner
-        return DynamicViTPruner(dim, **kwargs)
-    raise ValueError(f"unknown pruning.method {pcfg['method']!r} (known: none, vpp, svit, dynamicvit)")
+    return build_method_pruner(str(pcfg["method"]), dim, **kwargs)
 
 
 def _pair(img_size) -> tuple[int, int]:
