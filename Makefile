@@ -4,6 +4,7 @@
 #   PROFILE=default|smoke|davis    which profile to run (configs/<profile>.yaml)
 #   DATA=DIR                       dataset root for real-data profiles (davis: a DAVIS folder)
 #   FORCE=1                        recompute results even when a saved result matches the config
+#   ARGS="key=value ..."           config overrides, e.g. ARGS="train.sparse.steps=200"
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,8 @@ STAMP  := $(VENV)/.vppkit-installed
 PROFILE ?= default
 DATA    ?=
 FORCE   ?= 0
-RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force)
+ARGS    ?=
+RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
 
 .PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors bench tables figures lock clean-results
 

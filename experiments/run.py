@@ -48,14 +48,20 @@ def run_artifact(ctx: Context, name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="+", choices=[*ARTIFACTS, "tables", "figures", "all"])
+    choices = [*ARTIFACTS, "tables", "figures", "all"]
+    parser.add_argument("targets", nargs="+", metavar="TARGET_OR_OVERRIDE",
+                        help=f"one of {', '.join(choices)}; key=value tokens override the profile config")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--data", default=None, help="dataset root for real-data profiles (sets data.root)")
     parser.add_argument("--force", action="store_true", help="recompute even when saved results match")
-    parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
-    args, extra = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
+    overrides = [t for t in args.targets if "=" in t]
+    args.targets = [t for t in args.targets if "=" not in t]
+    unknown = [t for t in args.targets if t not in choices]
+    if unknown or not args.targets:
+        parser.error(f"unknown target(s) {unknown or '(none given)'}; choose from {', '.join(choices)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    ctx = Context.create(args.profile, data=args.data, force=args.force, overrides=tuple(extra))
+    ctx = Context.create(args.profile, data=args.data, force=args.force, overrides=tuple(overrides))
 
     from analyses import report
 
