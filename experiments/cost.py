@@ -47,7 +47,7 @@ def _bench_rows(bench: dict) -> list[dict]:
         for r in model["rows"]:
             if r["part"] != "backbone" or r["variant"] not in ("dense", "real"):
                 continue
-            rows.append({"model": model["case"].split(",")[0], "method": r["method"], "batch": r["batch"],
+            rows.append({"model": model["case"]["label"].split(" (")[0], "method": r["method"], "batch": r["batch"],
                          "PKR": 100 * r["realised_pkr"], "GMACs": r["GMACs"], "ms_per_frame": r["ms_per_frame"],
                          "measured_speedup": r["speedup_measured"], "ideal_speedup": r["speedup_ideal"],
                          "realized_over_ideal": r["realized_over_ideal"]})
