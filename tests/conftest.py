@@ -21,3 +21,11 @@ def davis_dir():
     if not (root / "JPEGImages").is_dir():
         pytest.skip(f"DAVIS subset not found at {root} (set VPPKIT_DAVIS_ROOT to a DAVIS folder to run this test)")
     return root
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    """A private ``VPPKIT_CACHE`` (generated data, runs) under the test's tmp folder; one torch thread."""
+    monkeypatch.setenv("VPPKIT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    return tmp_path

@@ -18,12 +18,6 @@ TINY = ["data.num_videos=2", "data.num_val_videos=1", "data.num_frames=4", "data
         "model.img_size=[64,64]", "model.dim=32", "model.num_queries=5", "model.dec_layers=2"]
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VPPKIT_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-    return tmp_path
-
 
 def test_resume_is_exact(cache):
     cfg = load_config("smoke", TINY + ["train.dense.steps=6", "train.dense.ckpt_every=3"])
