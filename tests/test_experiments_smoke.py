@@ -80,6 +80,19 @@ def test_index_links_every_table_and_figure(smoke_run):
 
 
 @pytest.mark.slow
+def test_index_names_the_backbone_of_every_model(smoke_run):
+    ctx, _ = smoke_run
+    index = (ctx.reports_dir / "index.md").read_text()
+    assert "## Models and their backbones" in index
+    section = index.split("## Models and their backbones")[1].split("\n## ")[0]
+    for path in ctx.results_dir.glob("eval_*.json"):
+        name = path.stem.removeprefix("eval_")
+        backbone = json.loads(path.read_text())["backbone"]
+        assert backbone["source"] and backbone["fallback"] is not None, name
+        assert f"| {name} | {backbone['source']} |" in section, name
+
+
+@pytest.mark.slow
 def test_reading_evaluates_the_paper_trends(smoke_run):
     ctx, _ = smoke_run
     reading = (ctx.reports_dir / "reading.md").read_text()
