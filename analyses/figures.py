@@ -114,7 +114,7 @@ def curves_figure(ctx: Context, result: dict) -> list[Entry]:
 def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
     import numpy as np
 
-    from vppkit.engine.datasets import VideoFrames
+    from vppkit.data.video import VideoFrames
     from vppkit.engine.infer import load_keep_records
 
     frames = VideoFrames(result["gt_json"], None, ctx.cfg["model"]["img_size"], cache=False)

@@ -85,7 +85,7 @@ def run(ctx: Context) -> dict:
         ``skipped`` ({name: reason}), ``settings``, ``data`` (the data section), ``profile``; plus the config,
         hash and provenance added by :meth:`Context.cached`.
     """
-    from vppkit.engine.datasets import resolve_split
+    from vppkit.data.splits import resolve_split
 
     s = settings(ctx.cfg)
     config = {"artifact": "fgs", "settings": s, "data": ctx.cfg["data"], "model": ctx.cfg["model"],

@@ -33,7 +33,7 @@ def run(ctx: Context) -> dict:
     config = {**config, "layers": list(LAYERS), "num_frames": NUM_FRAMES}
 
     def compute() -> dict:
-        from vppkit.engine.datasets import VideoFrames
+        from vppkit.data.video import VideoFrames
         from vppkit.engine.infer import load_keep_records
         from vppkit.metrics.patch_labels import patch_labels
 

@@ -349,7 +349,8 @@ def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
         ``correlations``, ``qualitative`` (frame png path relative to the results folder, grid, kept indices
         per condition), ``timing`` (seconds), ``notes``.
     """
-    from vppkit.engine.datasets import VideoFrames, resolve_split
+    from vppkit.data.splits import resolve_split
+    from vppkit.data.video import VideoFrames
     from vppkit.engine.train import load_model
     from vppkit.metrics.ioi import BIN_NAMES, IoIAccumulator
     from vppkit.metrics.patch_labels import patch_labels

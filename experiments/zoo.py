@@ -129,7 +129,7 @@ def evaluate_many(ctx: Context, artifact: str, names) -> tuple[dict, dict]:
 
 
 def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
-    from vppkit.engine.datasets import VideoFrames
+    from vppkit.data.video import VideoFrames
     from vppkit.engine.infer import evaluate_run, infer_checkpoint
     from vppkit.metrics.ioi import IoIAccumulator
     from vppkit.metrics.patch_labels import patch_labels

@@ -11,7 +11,7 @@ import torch
 
 from vppkit.cli import main
 from vppkit.data.synthetic import generate_synthetic
-from vppkit.engine.datasets import VideoFrames
+from vppkit.data.video import VideoFrames
 from vppkit.engine.infer import load_keep_records
 from vppkit.metrics.patch_labels import patch_labels
 from vppkit.models.records import KeepRecord

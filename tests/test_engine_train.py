@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vppkit.config import load_config
-from vppkit.engine.datasets import VideoFrames, resolve_split
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import VideoFrames
 from vppkit.engine.infer import infer_checkpoint, load_keep_records
 from vppkit.engine.train import load_model, train
 from vppkit.metrics.ytvis_ap import evaluate_video_ap
@@ -90,3 +91,57 @@ def test_bad_annotation_is_named(cache):
         frames = VideoFrames(bad, fr, 64)
         for t in range(4):
             frames.instances(0, t)
+
+
+def test_frame_unit_walks_key_frames_and_derives_steps_from_epochs(cache):
+    """sample_unit=frame (official mmtrack iteration): one sample per annotated frame with an instance, references
+    within +-ref_window, steps = ceil(epochs x samples / batch)."""
+    import numpy as np
+
+    from vppkit.engine.train import clip_indices, stage_config, steps_for, training_samples
+
+    cfg = load_config("smoke", TINY + ["train.sample_unit=frame", "train.epochs=1", "train.dense.steps=null",
+                                       "train.batch=3", "train.ref_window=1"])
+    js, fr = resolve_split(cfg["data"], "train")
+    frames = VideoFrames(js, fr, 64)
+    keys = training_samples(frames, "frame")
+    ds = json.loads(js.read_text())
+    expected = [(vi, t) for vi, v in enumerate(ds["videos"]) for t in range(v["length"])
+                if any(a["segmentations"][t] is not None for a in ds["annotations"] if a["video_id"] == v["id"])]
+    assert keys == expected and len(keys) > len(frames)
+    assert training_samples(frames, "video") == [(vi, None) for vi in range(len(frames))]
+    tcfg = stage_config(cfg, "dense")
+    assert steps_for(tcfg, len(keys), 1) == -(-len(keys) // 3)
+    assert steps_for(tcfg, len(keys), 2) == -(-len(keys) // 6)
+    assert steps_for({"steps": 7}, 1000, 8) == 7
+    with pytest.raises(ValueError, match="train.steps or train.epochs"):
+        steps_for({"steps": None}, 10, 1)
+    with pytest.raises(ValueError, match="sample_unit"):
+        training_samples(frames, "clip")
+    rng = np.random.default_rng(0)
+    for vi, key in keys:
+        chain = clip_indices(frames, (vi, key), 3, {"ref_window": 1, "ref_order": "random"}, rng)
+        assert chain[-1] == key and len(chain) == 3 and all(abs(t - key) <= 1 for t in chain)
+    run = train(cfg, "dense", out_dir=cache / "frames", progress=False)
+    assert run["steps"] == -(-len(keys) // 3)
+
+
+def test_video_frames_reads_through_the_video_set(cache):
+    """VideoFrames (engine view) = VideoReader's frame / masks resized to the model size, visible instances only."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    cfg = load_config("smoke", TINY)
+    js, fr = resolve_split(cfg["data"], "train")
+    frames = VideoFrames(js, fr, (48, 40), cache=False)
+    reader = frames.video_set[0]
+    raw = reader.load_frame(2)
+    expected = np.asarray(Image.fromarray(raw).resize((40, 48), Image.BILINEAR))
+    assert torch.equal(frames.frame(0, 2), torch.from_numpy(expected.copy()).permute(2, 0, 1))
+    masks, valid = reader.load_masks(2)
+    resized = F.interpolate(torch.from_numpy(masks)[None].float(), size=(48, 40), mode="nearest")[0].bool()
+    visible = resized.flatten(1).any(1)
+    labels, got = frames.instances(0, 2)
+    assert torch.equal(got, resized[visible]) and torch.equal(labels, reader.labels[visible])
+    assert visible.sum() <= valid.sum()

@@ -713,7 +713,7 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
 # memory vs video length
 # ---------------------------------------------------------------------------------------------------------
 class _SyntheticVideo:
-    """A one-video stand-in for :class:`vppkit.engine.datasets.VideoFrames` (the attributes ``infer_video``
+    """A one-video stand-in for :class:`vppkit.data.video.VideoFrames` (the attributes ``infer_video``
     reads): random uint8 frames generated on the fly (nothing stored), so memory reflects the model only."""
 
     def __init__(self, num_frames: int, size: tuple[int, int], num_classes: int, seed: int = 0) -> None:

@@ -125,7 +125,7 @@ def _data_section(args: argparse.Namespace) -> dict:
 
 
 def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
-    from vppkit.engine.datasets import resolve_split
+    from vppkit.data.splits import resolve_split
     from vppkit.metrics.fgs_frames import FrameSet
 
     if spec in SPLITS:
@@ -219,7 +219,7 @@ def _input_size(args: argparse.Namespace, grid: tuple[int, int]) -> tuple[tuple[
 
 def run_ioi_command(args: argparse.Namespace) -> int:
     """``vppkit ioi``: IoI (overall, by size S/M/L, per block) of saved keep records against GT masks."""
-    from vppkit.engine.datasets import VideoFrames
+    from vppkit.data.video import VideoFrames
     from vppkit.metrics.ioi import IoIAccumulator
     from vppkit.metrics.patch_labels import patch_labels
     from vppkit.utils.provenance import provenance

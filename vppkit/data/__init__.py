@@ -12,12 +12,12 @@ See docs/contracts.md ("Data"). Submodules:
 from vppkit.data.davis import davis_to_ytvis
 from vppkit.data.synthetic import generate_synthetic, size_bin, size_bin_stats, synthetic_dataset
 from vppkit.data.transforms import ClipTransform
-from vppkit.data.video import ClipDataset, VideoReader, VideoSet, collate, sample_reference_frames
+from vppkit.data.video import ClipDataset, VideoFrames, VideoReader, VideoSet, collate, sample_reference_frames
 from vppkit.data.ytvis import (YTVISFormatError, category_index, decode_segmentation, encode_mask, load_ytvis,
                                save_ytvis, validate_ytvis)
 
 __all__ = [
     "YTVISFormatError", "load_ytvis", "validate_ytvis", "save_ytvis", "decode_segmentation", "encode_mask",
     "category_index", "davis_to_ytvis", "generate_synthetic", "synthetic_dataset", "size_bin", "size_bin_stats",
-    "ClipTransform", "VideoReader", "VideoSet", "ClipDataset", "collate", "sample_reference_frames",
+    "ClipTransform", "VideoReader", "VideoSet", "VideoFrames", "ClipDataset", "collate", "sample_reference_frames",
 ]

@@ -3,6 +3,9 @@
 - :class:`VideoReader`: one video, frames and per-frame instance masks loaded lazily, frame by frame
   (online VIS inference processes frame t after frame t-1; the caller carries the temporal state).
 - :class:`VideoSet`: all videos of a YouTube-VIS dict, ``VideoSet[i] -> VideoReader``.
+- :class:`VideoFrames`: the engine's view (training, inference, FGS, selectors): every frame and its visible
+  instances resized to the model input size (bilinear for images, nearest for masks), read through
+  :class:`VideoSet`, optionally kept in memory; clips of consecutive frames with random gaps.
 - :class:`ClipDataset`: training samples of 1 key frame + 1 or 2 reference frames of the same video,
   sampled uniformly within +-``window`` frames of the key (key excluded), as mmtrack's
   ``ref_img_sampler`` in the official VPP configs (``num_ref_imgs=2``, ``frame_range=5``; vpp-notes §7.3).
@@ -34,7 +37,7 @@ from vppkit.data.transforms import ClipTransform
 from vppkit.data.ytvis import annotations_by_video, category_index, decode_segmentation, load_ytvis, \
     resolve_frames_root
 
-__all__ = ["VideoReader", "VideoSet", "ClipDataset", "sample_reference_frames", "collate", "open_ytvis"]
+__all__ = ["VideoReader", "VideoSet", "VideoFrames", "ClipDataset", "sample_reference_frames", "collate", "open_ytvis"]
 
 ORDERS = ("random", "sorted", "causal")
 
@@ -156,6 +159,107 @@ class VideoSet:
     def __getitem__(self, i: int) -> VideoReader:
         video = self.ds["videos"][i]
         return VideoReader(video, self.by_video[video["id"]], self.frames_root, self.category_index, self.transform)
+
+
+def _size(img_size) -> tuple[int, int]:
+    return (int(img_size[0]), int(img_size[1])) if isinstance(img_size, (list, tuple)) else (int(img_size),) * 2
+
+
+class VideoFrames:
+    """Frames and visible instances of one YouTube-VIS set at the model input size (what the engine reads).
+
+    Frames are resized (bilinear, no aspect-ratio preservation, no padding) to ``img_size``; masks with
+    nearest-neighbour interpolation; an instance is *visible* in a frame when its resized mask is non-empty.
+    Files are read through :class:`VideoSet` / :class:`VideoReader` (errors name the file, video id and
+    annotation id).
+
+    Args:
+        json_path: YouTube-VIS json (validated on load; errors name the file and the video/annotation id).
+        frames_root: frames folder (None: ``info.frames_root`` of the json).
+        img_size: model input (H, W) px or int.
+        cache: keep decoded, resized frames and masks in memory (small sets).
+
+    Attributes:
+        ds: the dataset dict; ``videos`` its video list; ``category_ids`` the dataset category ids of the model's
+        classes 0..C−1 (sorted); ``size`` (H, W).
+
+    Raises:
+        ValueError: no frames root given and none in the json.
+    """
+
+    def __init__(self, json_path: str | os.PathLike, frames_root: str | os.PathLike | None, img_size,
+                 cache: bool = True) -> None:
+        self.json_path = Path(json_path)
+        ds = load_ytvis(self.json_path, validate=True, check_masks=False)
+        root = frames_root if frames_root is not None else resolve_frames_root(ds, self.json_path)
+        if root is None:
+            raise ValueError(f"{self.json_path}: no frames root given and no info.frames_root in the json")
+        self.video_set = VideoSet(ds, root)
+        self.ds = ds
+        self.frames_root = self.video_set.frames_root
+        self.videos = ds["videos"]
+        self.category_ids = sorted(self.video_set.category_index)
+        self.size = _size(img_size)
+        self.cache = cache
+        self._readers = [self.video_set[i] for i in range(len(self.video_set))]
+        self._frames: dict[tuple[int, int], torch.Tensor] = {}
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def num_frames(self, vi: int) -> int:
+        return len(self.videos[vi]["file_names"])
+
+    def frame(self, vi: int, t: int) -> torch.Tensor:
+        """(3, H, W) uint8 frame ``t`` of video index ``vi`` at the model size.
+
+        Raises:
+            FileNotFoundError: the frame file is missing (named with the video id).
+        """
+        key = (vi, t)
+        if key in self._frames:
+            return self._frames[key]
+        arr = self._readers[vi].load_frame(t)
+        if arr.shape[:2] != self.size:
+            arr = np.asarray(Image.fromarray(arr).resize((self.size[1], self.size[0]), Image.BILINEAR))
+        out = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        if self.cache:
+            self._frames[key] = out
+        return out
+
+    def instances(self, vi: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visible instances of frame ``t``: (labels (K,) long in [0, C), masks (K, H, W) bool at model size).
+
+        Raises:
+            ValueError: an undecodable segmentation (names the annotation id, video id and frame).
+        """
+        key, reader = (vi, t), self._readers[vi]
+        if key in self._masks:
+            masks = self._masks[key]
+        else:
+            masks = torch.from_numpy(reader.load_masks(t)[0])
+            if masks.shape[0] == 0:
+                masks = torch.zeros(0, *self.size, dtype=torch.bool)
+            elif masks.shape[-2:] != self.size:
+                masks = F.interpolate(masks[None].float(), size=self.size, mode="nearest")[0].bool()
+            if self.cache:
+                self._masks[key] = masks
+        visible = masks.flatten(1).any(1) if masks.shape[0] else torch.zeros(0, dtype=torch.bool)
+        return reader.labels[visible], masks[visible]
+
+    def sample_clip(self, vi: int, length: int, max_gap: int, rng: np.random.Generator) -> list[int]:
+        """``length`` frame indices of video ``vi`` in temporal order, consecutive gaps in [1, max_gap]
+        (fewer frames than needed: indices repeat). Training chains run them in this order (reff → ref → key);
+        causal, like online inference (the official mmtrack sampler is :func:`sample_reference_frames`)."""
+        n = self.num_frames(vi)
+        gaps = rng.integers(1, max(1, max_gap) + 1, size=length - 1)
+        span = int(gaps.sum())
+        if span >= n:
+            gaps = np.minimum(gaps, max(0, (n - 1) // max(1, length - 1)))
+            span = int(gaps.sum())
+        start = int(rng.integers(0, n - span)) if n - span > 0 else 0
+        return [start] + [start + int(g) for g in np.cumsum(gaps)]
 
 
 def sample_reference_frames(key: int, length: int, num_ref: int, window: int, order: str,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vppkit.engine.datasets import VideoFrames
+from vppkit.data.video import VideoFrames
 from vppkit.models.records import KeepRecord
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
@@ -204,7 +204,7 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         :func:`run_inference`'s dict plus ``gt_json`` (the json that was run) and ``noise``.
     """
     from vppkit.engine.checkpoint import load_checkpoint
-    from vppkit.engine.datasets import resolve_split
+    from vppkit.data.splits import resolve_split
     from vppkit.engine.train import load_model
 
     ck = load_checkpoint(checkpoint)

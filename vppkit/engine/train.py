@@ -1,5 +1,8 @@
 """Two-stage training of the VIS model (vpp-notes §7, supplementary §A): dense, then sparse fine-tuning.
 
+- **samples**: ``train.sample_unit`` "video" (one per video per epoch, CPU profiles) or "frame" (one per annotated
+  key frame, the official mmtrack iteration; paper-scale profiles), :func:`training_samples`; the schedule is
+  ``train.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
 - **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
   image for the per-frame model (MinVIS trains per frame; the tracker needs no training).
 - **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in temporal order
@@ -38,8 +41,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vppkit.config import config_hash, merge
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import ORDERS, VideoFrames, sample_reference_frames
 from vppkit.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint, set_rng_states, unwrap
-from vppkit.engine.datasets import VideoFrames, resolve_split
 from vppkit.engine.distributed import DistInfo, init_distributed
 from vppkit.models.vis.losses import SetCriterion
 from vppkit.models.vis.model import build_vis_model
@@ -48,6 +52,7 @@ from vppkit.utils.io import atomic_path, atomic_write_json
 log = logging.getLogger("vppkit.train")
 
 STAGES = ("dense", "sparse")
+SAMPLE_UNITS = ("video", "frame")
 
 
 def stage_config(cfg: dict, stage: str) -> dict:
@@ -67,7 +72,8 @@ def seed_step(seed: int, step: int, rank: int = 0) -> None:
 
 
 class StepSampler:
-    """Video indices of each step: ``DistributedSampler`` (shuffled per epoch from the seed) walked in order."""
+    """Sample indices of each step (:func:`training_samples`): ``DistributedSampler`` (shuffled per epoch from the
+    seed) walked in order."""
 
     def __init__(self, n: int, batch: int, seed: int, info: DistInfo) -> None:
         self.sampler = DistributedSampler(range(n), num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -100,9 +106,74 @@ def make_optimizer(model, tcfg: dict, total_steps: int):
     return opt, sched
 
 
-def _batch(frames: VideoFrames, vids: list[int], length: int, max_gap: int, flip: bool, rng: np.random.Generator):
+def training_samples(frames: VideoFrames, unit: str) -> list[tuple[int, int | None]]:
+    """What one epoch walks over, as (video index, key frame or None).
+
+    Args:
+        frames: the training set.
+        unit: ``"video"``: one sample per video (the clip is drawn anywhere in it: :meth:`VideoFrames.sample_clip`);
+            ``"frame"``: one sample per annotated frame that shows at least one instance, as mmtrack's
+            ``CocoVideoDataset`` iterates key frames in the official VPP configs (vpp-notes §7.1); an epoch is
+            then ~27x more samples on YouTube-VIS 2019.
+
+    Raises:
+        ValueError: unknown ``unit``, or no frame with an instance (``unit="frame"``; names the json).
+    """
+    if unit == "video":
+        return [(vi, None) for vi in range(len(frames))]
+    if unit != "frame":
+        raise ValueError(f"train.sample_unit must be one of {SAMPLE_UNITS}, got {unit!r}")
+    by_video = frames.video_set.by_video
+    out = [(vi, t) for vi, v in enumerate(frames.videos) for t in range(frames.num_frames(vi))
+           if any(a["segmentations"][t] is not None for a in by_video[v["id"]])]
+    if not out:
+        raise ValueError(f"{frames.json_path}: no annotated frame with an instance to train on")
+    return out
+
+
+def steps_for(tcfg: dict, num_samples: int, world_size: int) -> int:
+    """Optimizer steps of a stage: ``ceil(epochs · num_samples / (batch · world_size))`` when ``train.epochs`` is
+    set (paper-scale profiles: 6 epochs, vpp-notes §7.1), else ``train.steps``.
+
+    Raises:
+        ValueError: neither is set, or the result is < 1.
+    """
+    if tcfg.get("epochs") is not None:
+        total = math.ceil(float(tcfg["epochs"]) * num_samples / (int(tcfg.get("batch", 1)) * world_size))
+    elif tcfg.get("steps") is not None:
+        total = int(tcfg["steps"])
+    else:
+        raise ValueError("set train.steps or train.epochs (per stage: train.dense.* / train.sparse.*)")
+    if total < 1:
+        raise ValueError(f"the schedule has {total} steps (train.steps / train.epochs)")
+    return total
+
+
+def clip_indices(frames: VideoFrames, sample: tuple[int, int | None], length: int, tcfg: dict,
+                 rng: np.random.Generator) -> list[int]:
+    """Frame indices of one training clip in chain order (the loss is taken on every frame of the chain).
+
+    ``sample`` (vi, None): ``length`` frames in temporal order with gaps in [1, ``train.max_gap``] (3).
+    ``sample`` (vi, key): key + ``length − 1`` references within ± ``train.ref_window`` (5) annotated frames,
+    chained in ``train.ref_order`` ("random" = the official ``sort_ref_imgs=False``; "sorted"; "causal")
+    (:func:`vppkit.data.video.sample_reference_frames`, mmtrack's ``ref_img_sampler``).
+    """
+    vi, key = sample
+    if key is None:
+        return frames.sample_clip(vi, length, int(tcfg.get("max_gap", 3)), rng)
+    order = str(tcfg.get("ref_order", "random"))
+    if order not in ORDERS:
+        raise ValueError(f"train.ref_order must be one of {ORDERS}, got {order!r}")
+    chain, _ = sample_reference_frames(key, frames.num_frames(vi), length - 1, int(tcfg.get("ref_window", 5)),
+                                       order, rng)
+    return chain
+
+
+def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: int, tcfg: dict, flip: bool,
+           rng: np.random.Generator):
     """Per time step t: images (B, 3, H, W) uint8 and B targets ({labels, masks})."""
-    clips = [frames.sample_clip(v, length, max_gap, rng) for v in vids]
+    vids = [vi for vi, _ in samples]
+    clips = [clip_indices(frames, smp, length, tcfg, rng) for smp in samples]
     flips = [bool(flip and rng.random() < 0.5) for _ in vids]
     steps = []
     for t in range(length):
@@ -254,8 +325,11 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     model, backbone = _build_for_training(cfg, tcfg, num_classes, pcfg, init)
     model = model.to(info.device)
     model.train()
-    total = int(tcfg["steps"])
+    samples = training_samples(frames, str(tcfg.get("sample_unit", "video")))
     batch = int(tcfg.get("batch", 1))
+    total = steps_for(tcfg, len(samples), info.world_size)
+    log.info("%s stage: %d steps over %d samples (unit %s) at batch %d x %d process(es)", stage, total, len(samples),
+             tcfg.get("sample_unit", "video"), batch, info.world_size)
     opt, sched = make_optimizer(model, tcfg, total)
     if info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -265,7 +339,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     criterion = SetCriterion(num_classes, float(mcfg.get("w_class", 2.0)), float(mcfg.get("w_mask", 5.0)),
                              float(mcfg.get("w_dice", 5.0)), float(mcfg.get("eos_coef", 0.1)),
                              int(mcfg.get("num_points", 0))).to(info.device)
-    sampler = StepSampler(len(frames), batch, seed, info)
+    sampler = StepSampler(len(samples), batch, seed, info)
 
     start, rows = 0, []
     if resume and (out / LAST).exists():
@@ -282,7 +356,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         atomic_write_json(out / "config.json", {**run_cfg, "backbone": backbone})
     end = total if stop_at is None else min(total, int(stop_at))
     every = int(tcfg.get("ckpt_every", max(1, total // 4)))
-    clip_len, max_gap = int(tcfg.get("clip_frames", 3 if sparse else 2)), int(tcfg.get("max_gap", 3))
+    clip_len = int(tcfg.get("clip_frames", 3 if sparse else 2))
     grad_clip = float(tcfg.get("grad_clip", 0.0))
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
@@ -291,7 +365,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         ts, cs = time.perf_counter(), time.process_time()
         seed_step(seed, step, info.rank)
         rng = np.random.default_rng([seed, step, info.rank])
-        steps = _batch(frames, sampler.indices(step), clip_len, max_gap, bool(tcfg.get("flip", True)), rng)
+        steps = _batch(frames, [samples[i] for i in sampler.indices(step)], clip_len, tcfg,
+                       bool(tcfg.get("flip", True)), rng)
         loss, logs = chain_loss(model, criterion, steps, sparse, info.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,6 @@
 """FGS on video frames: frozen backbones, frame subsampling, patch labels, probes (VPP Fig. 2, supplementary §C).
 
-This is the glue between the data (:class:`vppkit.engine.datasets.VideoFrames`), the backbones
+This is the glue between the data (:class:`vppkit.data.video.VideoFrames`), the backbones
 (:class:`vppkit.models.vit.PrunableViT`) and the probes of :mod:`vppkit.metrics.fgs`. The FGS experiment
 (``experiments/fgs.py``) and the ``vppkit fgs`` command both call :func:`fgs_on_frames`.
 
@@ -272,7 +272,7 @@ def extract_features(backbone: FrozenBackbone, frames, pairs: Sequence[tuple[int
 
     Args:
         backbone: :class:`FrozenBackbone`.
-        frames: :class:`vppkit.engine.datasets.VideoFrames` at ``backbone.img_size`` (``.frame(vi, t)`` (3, H, W)
+        frames: :class:`vppkit.data.video.VideoFrames` at ``backbone.img_size`` (``.frame(vi, t)`` (3, H, W)
             uint8, ``.instances(vi, t)`` -> (labels, masks (K, H, W) bool)).
         pairs: (vi, t) frames to use (:func:`select_frames`).
         rule: patch membership rule of the foreground labels.
@@ -393,7 +393,7 @@ def rebatch(batches: Sequence, frames_per_batch: int) -> list:
 
 
 def _open_frames(fs: FrameSet, img_size: tuple[int, int]):
-    from vppkit.engine.datasets import VideoFrames
+    from vppkit.data.video import VideoFrames
 
     return VideoFrames(fs.json, fs.frames_root, img_size, cache=False)
 
