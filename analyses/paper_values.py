@@ -68,3 +68,17 @@ DENSITY_FIG5_DESCRIPTION = (
     "Paper (VPP Fig. 5): VPP removes patches after layer 1 while keeping high density in layers 7-12; "
     "SViT needs dense initial layers and leaves the deepest layers with insufficient density."
 )
+
+# The paper's training / model setup (vpp-notes §2.1-2.3, §7.1-7.2, from the official configs), the reference the
+# report's "what this run scaled down" table compares a profile against. Text, quoted; nothing computed.
+PAPER_SETUP = {
+    "data": "YouTube-VIS 2019 / 2021 train (40 classes), evaluated on the valid split",
+    "backbone": "ViT-Adapter-T / -S around DeiT-T / -S (patch 16), from a COCO-pretrained Mask2Former",
+    "backbone training": "trained, lr x0.1",
+    "input": "long side 960 px, padded to /32 (1280x720 -> 544x960, N = 2040 tokens)",
+    "VIS head": "ROVIS: Mask2Former, 256-d, 100 queries, 9 decoder layers, MSDeformAttn pixel decoder",
+    "mask loss": "BCE + Dice on 12544 sampled points",
+    "dense stage": "6 epochs over annotated key frames, 8 samples / step (1 per GPU x 8), key + 1 reference",
+    "sparse stage": "6 epochs, 8 samples / step, 3-frame chains reff -> ref -> key",
+}
+PAPER_SETUP_SOURCE = "vpp-notes.md §2.1-2.3 and §7 (official configs and README)"

@@ -82,6 +82,68 @@ def _provenance_line(prov: dict) -> str:
     return ", ".join(f"{k} `{prov[k]}`" for k in keys if prov.get(k) is not None)
 
 
+def _stage_line(ctx: Context, stage: str) -> str:
+    from vppkit.engine.train import stage_config
+
+    t = stage_config(ctx.cfg, stage)
+    frames = int(t.get("clip_frames", 3 if stage == "sparse" else 2))
+    amount = f"{t['epochs']} epochs ({t.get('sample_unit', 'video')} samples)" if t.get("epochs") is not None \
+        else f"{t.get('steps')} steps (one sample per {t.get('sample_unit', 'video')})"
+    return f"{amount}, batch {t.get('batch', 1)} per process (clips of {frames} frames), lr {t.get('lr')}"
+
+
+def setup_section(ctx: Context) -> list[str]:
+    """Markdown lines: this profile's setup next to the paper's (what was scaled down for the CPU).
+
+    Our column is read from the resolved profile config (``ctx.cfg``); the paper's column is quoted
+    (:data:`analyses.paper_values.PAPER_SETUP`).
+    """
+    from analyses.paper_values import PAPER_SETUP, PAPER_SETUP_SOURCE
+
+    cfg, m, d = ctx.cfg, ctx.cfg["model"], ctx.cfg["data"]
+    size = m["img_size"] if isinstance(m["img_size"], (list, tuple)) else [m["img_size"]] * 2
+    source = d.get("source", "synthetic")
+    if source == "synthetic":
+        data = (f"synthetic YouTube-VIS-format videos: {d.get('num_videos')} train / {d.get('num_val_videos')} "
+                f"val, {d.get('num_frames')} frames of {d.get('height')}x{d.get('width')} px")
+    elif source == "davis":
+        data = (f"DAVIS-2016 {d.get('res', '240p')}, class-agnostic: ImageSets `{d.get('train_split', 'train')}` "
+                f"-> train, `{d.get('val_split', 'val')}` -> evaluation (every frame)")
+    else:
+        data = f"YouTube-VIS json {d.get('train_json')} / {d.get('val_json')}"
+    pretrained = m.get("pretrained") or m.get("backbone_checkpoint")
+    frozen = bool(cfg.get("train", {}).get("freeze_backbone", False))
+    lr_mult = cfg.get("train", {}).get("backbone_lr_mult")
+    points = int(cfg.get("loss", {}).get("num_points", 0))
+    ours = {
+        "data": data,
+        "backbone": f"plain ViT `{m['arch']}` (no adapter), "
+                    + (f"pretrained `{pretrained}`" if pretrained else "trained from scratch"),
+        "backbone training": "frozen (pruner modules, pyramid and decoder train)" if frozen
+                             else f"trained, lr x{lr_mult} (sparse stage: "
+                                  f"x{cfg.get('train', {}).get('sparse', {}).get('backbone_lr_mult', lr_mult)})",
+        "input": f"{size[0]}x{size[1]} px, N = {size[0] // _patch(m['arch'])}x{size[1] // _patch(m['arch'])} tokens "
+                 "(frames resized, no padding)",
+        "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m.get('dim')}-d, "
+                    f"{m.get('num_queries')} queries, {m.get('dec_layers')} decoder layers (docs/vis_model.md)",
+        "mask loss": f"BCE + Dice on {points} sampled points" if points else "BCE + Dice on every stride-4 pixel",
+        "dense stage": _stage_line(ctx, "dense"),
+        "sparse stage": _stage_line(ctx, "sparse"),
+    }
+    lines = [f"## Setup of this run vs the paper (what `{ctx.profile}` scales down)", "",
+             "| setting | this run (from the profile config) | paper (quoted) |", "|---|---|---|"]
+    lines += [f"| {k} | {ours[k]} | {PAPER_SETUP[k]} |" for k in PAPER_SETUP]
+    lines += ["", f"<sub>paper column: {PAPER_SETUP_SOURCE}; full settings: `configs/{ctx.profile}.yaml`.</sub>", ""]
+    return lines
+
+
+def _patch(arch: str) -> int:
+    from vppkit.models.vit import ARCHS
+
+    timm_name, kwargs = ARCHS.get(arch, (arch, {}))
+    return int(kwargs.get("patch_size", 14 if "patch14" in (timm_name or arch) else 16))
+
+
 def models_section(ctx: Context) -> list[str]:
     """Markdown lines: the backbone behind every evaluated model of the profile (``eval_<variant>.json``).
 
@@ -131,6 +193,7 @@ def write_index(ctx: Context) -> Path:
              "Every number below was computed by the run named under it (profile, seed, commit, time), "
              "except values labelled **paper**, which are quoted from the source documents.", ""]
     lines += ["See also: [reading of the results](reading.md) (which of the paper's trends hold in this run).", ""]
+    lines += setup_section(ctx)
     lines += models_section(ctx)
     for name in ARTIFACTS:
         if name not in manifest:

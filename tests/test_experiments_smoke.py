@@ -80,10 +80,13 @@ def test_index_links_every_table_and_figure(smoke_run):
 
 
 @pytest.mark.slow
-def test_index_names_the_backbone_of_every_model(smoke_run):
+def test_index_states_the_setup_and_the_backbone_of_every_model(smoke_run):
     ctx, _ = smoke_run
     index = (ctx.reports_dir / "index.md").read_text()
     assert "## Models and their backbones" in index
+    setup = index.split("## Setup of this run vs the paper")[1].split("\n## ")[0]
+    assert "| sparse stage | 2 steps (one sample per video)" in setup  # read from the run's config (OVERRIDES)
+    assert "| dense stage | 6 steps" in setup
     section = index.split("## Models and their backbones")[1].split("\n## ")[0]
     for path in ctx.results_dir.glob("eval_*.json"):
         name = path.stem.removeprefix("eval_")
