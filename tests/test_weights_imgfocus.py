@@ -231,3 +231,19 @@ def test_prunable_vit_accepts_the_checkpoint(checkpoint):
     torch.testing.assert_close(out.tokens, want[-1][:, 1:], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.prefix, want[-1][:, :1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.intermediates[12], want[11][:, 1:], rtol=1e-4, atol=1e-4)
+
+
+def test_conversion_leaves_the_callers_torch_rng_alone(onnx_path, tmp_path):
+    """`vppkit train` seeds torch, then builds the model (converting on first use): the draws after it must not
+    depend on whether the checkpoint was cached (found when a fresh clone's DAVIS run differed from a cached one)."""
+    torch.manual_seed(3)
+    imgfocus.ensure_imgfocus_checkpoint(tmp_path / "a", SIZE)  # converts
+    after_conversion = torch.rand(4)
+    torch.manual_seed(3)
+    imgfocus.ensure_imgfocus_checkpoint(tmp_path / "a", SIZE)  # cached
+    after_cache_hit = torch.rand(4)
+    assert torch.equal(after_conversion, after_cache_hit)
+    # the bare conversion does draw from the global generator (what ensure_imgfocus_checkpoint shields callers from)
+    torch.manual_seed(3)
+    imgfocus.convert_imgfocus(tmp_path / "b.pth", SIZE)
+    assert not torch.equal(torch.rand(4), after_cache_hit)

@@ -479,6 +479,10 @@ def ensure_imgfocus_checkpoint(cache_dir: str | os.PathLike | None = None,
     Returns:
         ``cache_dir / imgfocus_vits14_{H}x{W}.pth`` (converted if absent or written from another ONNX sha256).
 
+    The conversion runs under :func:`torch.random.fork_rng`: building the timm model for the strict load draws
+    random init weights, and a caller that seeded torch just before (``vppkit train`` seeds, then builds the
+    model) must get the same draws whether or not the checkpoint was already cached.
+
     Raises:
         ImgFocusError / ValueError: as :func:`convert_imgfocus`.
     """
@@ -494,7 +498,8 @@ def ensure_imgfocus_checkpoint(cache_dir: str | os.PathLike | None = None,
                 return path
         except (ImgFocusError, KeyError, TypeError):
             pass  # stale or corrupted cache entry: convert again
-    return convert_imgfocus(path, img_size)
+    with torch.random.fork_rng(devices=[]):
+        return convert_imgfocus(path, img_size)
 
 
 def load_imgfocus_vit(path: str | os.PathLike | None = None, img_size: Sequence[int] | int = DEFAULT_IMG_SIZE):
