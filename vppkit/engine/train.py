@@ -114,7 +114,7 @@ def training_samples(frames: VideoFrames, unit: str) -> list[tuple[int, int | No
         unit: ``"video"``: one sample per video (the clip is drawn anywhere in it: :meth:`VideoFrames.sample_clip`);
             ``"frame"``: one sample per annotated frame that shows at least one instance, as mmtrack's
             ``CocoVideoDataset`` iterates key frames in the official VPP configs (vpp-notes §7.1); an epoch is
-            then ~27x more samples on YouTube-VIS 2019.
+            then tens of times more samples than videos (YouTube-VIS videos have tens of annotated frames each).
 
     Raises:
         ValueError: unknown ``unit``, or no frame with an instance (``unit="frame"``; names the json).
