@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from experiments.common import Context
+from vppkit.config import img_size_hw
 from vppkit.metrics.fgs_frames import (IMGFOCUS_CAVEAT, FGSFramesConfig, FrameSet, dense_backbone, fgs_on_frames,
                                        imgfocus_available, imgfocus_backbone, random_backbone)
 
@@ -68,13 +69,11 @@ def settings(cfg: dict) -> dict:
         raise ValueError(f"fgs.pretrained must be null or one of {list(PRETRAINED)}, got {s['pretrained']!r}")
     s["rule"] = (cfg.get("eval") or {}).get("patch_rule", "half")
     if s["pretrained"] and s["pretrained_img_size"] is None:
-        h, w = _size(cfg["model"]["img_size"])
+        h, w = img_size_hw(cfg["model"]["img_size"])
         s["pretrained_img_size"] = [max(14, round(h / 14) * 14), max(14, round(w / 14) * 14)]
     return s
 
 
-def _size(img_size) -> tuple[int, int]:
-    return (int(img_size[0]), int(img_size[1])) if isinstance(img_size, (list, tuple)) else (int(img_size),) * 2
 
 
 def run(ctx: Context) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from experiments.common import Context
-from vppkit.config import config_hash
+from vppkit.config import config_hash, img_size_hw
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -193,5 +193,5 @@ def _macs(cfg: dict, records: list):
     from vppkit.models.vit import build_backbone
 
     size = cfg["model"]["img_size"]
-    vit = build_backbone(cfg["model"]["arch"], img_size=tuple(size) if isinstance(size, list) else size).vit
+    vit = build_backbone(cfg["model"]["arch"], img_size=img_size_hw(size)).vit
     return macs_from_records(ViTSpec.from_timm(vit, cfg["model"]["arch"]), records)

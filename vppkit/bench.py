@@ -56,6 +56,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from vppkit.config import img_size_hw
 from vppkit.models.pruning.base import ExternalMaskPruner, PruneContext, Pruner
 
 __all__ = [
@@ -899,7 +900,7 @@ def default_suite(cfg: dict | None = None, quick: bool = False) -> dict:
         from vppkit.config import load_config
         cfg = load_config("default")
     m = cfg["model"]
-    img = tuple(m["img_size"]) if isinstance(m["img_size"], (list, tuple)) else (int(m["img_size"]),) * 2
+    img = img_size_hw(m["img_size"])
     head = {k: m[k] for k in ("dim", "num_queries", "dec_layers", "heads") if k in m}
     if quick:
         cases = [ModelCase("quick: vit_nano 32x48", "vit_nano", (32, 48), batches=(1, 2), repeats=1, warmup=1,

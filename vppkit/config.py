@@ -139,6 +139,19 @@ def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict
     return apply_overrides(cfg, overrides)
 
 
+def img_size_hw(img_size) -> tuple[int, int]:
+    """A config's ``model.img_size`` as (H, W) px; an int means a square input.
+
+    Raises:
+        ValueError: a list / tuple that is not (H, W).
+    """
+    if isinstance(img_size, (list, tuple)):
+        if len(img_size) != 2:
+            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
+        return int(img_size[0]), int(img_size[1])
+    return int(img_size), int(img_size)
+
+
 def config_hash(cfg: dict, length: int = 12) -> str:
     """Stable short SHA-256 hex digest of ``cfg`` (sorted-key JSON; order of dict keys does not matter)."""
     text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)

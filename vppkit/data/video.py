@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vppkit.config import img_size_hw
 from vppkit.data.transforms import ClipTransform
 from vppkit.data.ytvis import annotations_by_video, category_index, decode_segmentation, load_ytvis, \
     resolve_frames_root
@@ -161,10 +162,6 @@ class VideoSet:
         return VideoReader(video, self.by_video[video["id"]], self.frames_root, self.category_index, self.transform)
 
 
-def _size(img_size) -> tuple[int, int]:
-    return (int(img_size[0]), int(img_size[1])) if isinstance(img_size, (list, tuple)) else (int(img_size),) * 2
-
-
 class VideoFrames:
     """Frames and visible instances of one YouTube-VIS set at the model input size (what the engine reads).
 
@@ -199,7 +196,7 @@ class VideoFrames:
         self.frames_root = self.video_set.frames_root
         self.videos = ds["videos"]
         self.category_ids = sorted(self.video_set.category_index)
-        self.size = _size(img_size)
+        self.size = img_size_hw(img_size)
         self.cache = cache
         self._readers = [self.video_set[i] for i in range(len(self.video_set))]
         self._frames: dict[tuple[int, int], torch.Tensor] = {}

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from vppkit.config import img_size_hw
 from vppkit.metrics.fgs import FGSConfig, run_fgs
 from vppkit.metrics.patch_labels import DEFAULT_RULE, Rule, patch_labels
 
@@ -85,14 +86,6 @@ class FrozenBackbone:
         return int(self.model.depth)
 
 
-def _size(img_size) -> tuple[int, int]:
-    if isinstance(img_size, (list, tuple)):
-        if len(img_size) != 2:
-            raise ValueError(f"img_size must be an int or (H, W), got {img_size!r}")
-        return int(img_size[0]), int(img_size[1])
-    return int(img_size), int(img_size)
-
-
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     for p in model.parameters():
@@ -124,7 +117,7 @@ def dense_backbone(checkpoint: str | Path, name: str = "dense", device: str = "c
     model, ck = load_model(checkpoint, pruning={"method": "none"}, device=device)
     cfg = ck["config"]
     bb = _freeze(model.backbone)
-    size = _size(cfg["model"]["img_size"])
+    size = img_size_hw(cfg["model"]["img_size"])
     patch = int(bb.patch_size[0])
     _check_multiple(size, patch, f"checkpoint {checkpoint}")
     return FrozenBackbone(name, bb, model.normalize, size, patch,
@@ -147,7 +140,7 @@ def random_backbone(arch: str, img_size, seed: int = 0, name: str = "random") ->
     """
     from vppkit.models.vit import build_backbone
 
-    size = _size(img_size)
+    size = img_size_hw(img_size)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -189,7 +182,7 @@ def imgfocus_backbone(img_size=(224, 224), cache_dir: str | Path | None = None,
     from vppkit.models.vit import build_backbone
     from vppkit.weights.imgfocus import ARCH, NAME, PATCH_SIZE, ensure_imgfocus_checkpoint
 
-    size = _size(img_size)
+    size = img_size_hw(img_size)
     _check_multiple(size, PATCH_SIZE, NAME)
     path = ensure_imgfocus_checkpoint(cache_dir, size)
     bb = _freeze(build_backbone(ARCH, img_size=size, checkpoint=path))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from vppkit.config import img_size_hw
 from vppkit.models.vis.decoder import MaskDecoder
 from vppkit.models.vis.pyramid import SimplePyramid
 
@@ -160,10 +161,6 @@ def build_pruner(pcfg: dict | None, dim: int):
     return build_method_pruner(str(pcfg["method"]), dim, **kwargs)
 
 
-def _pair(img_size) -> tuple[int, int]:
-    return (int(img_size[0]), int(img_size[1])) if isinstance(img_size, (list, tuple)) else (int(img_size),) * 2
-
-
 def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, dict]:
     """Which backbone ``mcfg`` asks for, with the pretrained weights located (converted once, cached).
 
@@ -200,7 +197,7 @@ def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, di
         return m, info
     from vppkit.weights import imgfocus
 
-    size = _pair(m["img_size"])
+    size = img_size_hw(m["img_size"])
     if m["arch"] != imgfocus.ARCH:
         raise ValueError(f"model.pretrained: imgfocus needs model.arch {imgfocus.ARCH!r}, got {m['arch']!r}")
     if size[0] % imgfocus.PATCH_SIZE or size[1] % imgfocus.PATCH_SIZE:
@@ -212,7 +209,7 @@ def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, di
     try:
         path = imgfocus.ensure_imgfocus_checkpoint(None, size)
     except (imgfocus.ImgFocusError, ImportError) as err:
-        if "img_size" in fallback and _pair(fallback["img_size"]) != size:
+        if "img_size" in fallback and img_size_hw(fallback["img_size"]) != size:
             raise ValueError("model.fallback may not change img_size (the data pipeline resizes to model.img_size)")
         m = {**m, **copy.deepcopy(fallback)}
         reason = (f"pretrained {imgfocus.NAME} unavailable ({err}); FALLBACK: backbone {m['arch']} trained from "
@@ -237,7 +234,7 @@ def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load
     from vppkit.models.vit import PrunableViT, build_backbone
 
     mcfg, info = resolve_backbone(mcfg, load_pretrained=load_pretrained)
-    img_size = _pair(mcfg["img_size"])
+    img_size = img_size_hw(mcfg["img_size"])
     dense = build_backbone(mcfg["arch"], img_size=img_size, checkpoint=mcfg.get("backbone_checkpoint"),
                            **(mcfg.get("backbone_kwargs") or {}))
     pruner = build_pruner(pcfg, dense.embed_dim)
