@@ -99,9 +99,12 @@ def setup_section(ctx: Context) -> list[str]:
     (:data:`analyses.paper_values.PAPER_SETUP`).
     """
     from analyses.paper_values import PAPER_SETUP, PAPER_SETUP_SOURCE
+    from vppkit.config import img_size_hw
+    from vppkit.models.vit import build_backbone
 
     cfg, m, d = ctx.cfg, ctx.cfg["model"], ctx.cfg["data"]
-    size = m["img_size"] if isinstance(m["img_size"], (list, tuple)) else [m["img_size"]] * 2
+    size = img_size_hw(m["img_size"])
+    grid = build_backbone(m["arch"], img_size=size).grid_for(*size)
     source = d.get("source", "synthetic")
     if source == "synthetic":
         data = (f"synthetic YouTube-VIS-format videos: {d.get('num_videos')} train / {d.get('num_val_videos')} "
@@ -122,8 +125,7 @@ def setup_section(ctx: Context) -> list[str]:
         "backbone training": "frozen (pruner modules, pyramid and decoder train)" if frozen
                              else f"trained, lr x{lr_mult} (sparse stage: "
                                   f"x{cfg.get('train', {}).get('sparse', {}).get('backbone_lr_mult', lr_mult)})",
-        "input": f"{size[0]}x{size[1]} px, N = {size[0] // _patch(m['arch'])}x{size[1] // _patch(m['arch'])} tokens "
-                 "(frames resized, no padding)",
+        "input": f"{size[0]}x{size[1]} px, N = {grid[0]}x{grid[1]} tokens (frames resized, no padding)",
         "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m.get('dim')}-d, "
                     f"{m.get('num_queries')} queries, {m.get('dec_layers')} decoder layers (docs/vis_model.md)",
         "mask loss": f"BCE + Dice on {points} sampled points" if points else "BCE + Dice on every stride-4 pixel",
@@ -135,13 +137,6 @@ def setup_section(ctx: Context) -> list[str]:
     lines += [f"| {k} | {ours[k]} | {PAPER_SETUP[k]} |" for k in PAPER_SETUP]
     lines += ["", f"<sub>paper column: {PAPER_SETUP_SOURCE}; full settings: `configs/{ctx.profile}.yaml`.</sub>", ""]
     return lines
-
-
-def _patch(arch: str) -> int:
-    from vppkit.models.vit import ARCHS
-
-    timm_name, kwargs = ARCHS.get(arch, (arch, {}))
-    return int(kwargs.get("patch_size", 14 if "patch14" in (timm_name or arch) else 16))
 
 
 def models_section(ctx: Context) -> list[str]:
