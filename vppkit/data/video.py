@@ -38,7 +38,8 @@ from vppkit.data.transforms import ClipTransform
 from vppkit.data.ytvis import annotations_by_video, category_index, decode_segmentation, load_ytvis, \
     resolve_frames_root
 
-__all__ = ["VideoReader", "VideoSet", "VideoFrames", "ClipDataset", "sample_reference_frames", "collate", "open_ytvis"]
+__all__ = ["VideoReader", "VideoSet", "VideoFrames", "ClipDataset", "sample_reference_frames", "has_instance", "collate",
+           "open_ytvis"]
 
 ORDERS = ("random", "sorted", "causal")
 
@@ -62,6 +63,12 @@ def open_ytvis(ds_or_path: dict | str | os.PathLike,
     if root is None:
         raise ValueError(f"{json_path or '<dict>'}: no frames_root given and no info.frames_root in the json")
     return ds, root
+
+
+def has_instance(annotations: list[dict], t: int) -> bool:
+    """Whether frame ``t`` has a segmentation in any of a video's annotations (YouTube-VIS marks an absent
+    instance with ``null``)."""
+    return any(a["segmentations"][t] is not None for a in annotations)
 
 
 class VideoReader:
@@ -187,14 +194,10 @@ class VideoFrames:
     def __init__(self, json_path: str | os.PathLike, frames_root: str | os.PathLike | None, img_size,
                  cache: bool = True) -> None:
         self.json_path = Path(json_path)
-        ds = load_ytvis(self.json_path, validate=True, check_masks=False)
-        root = frames_root if frames_root is not None else resolve_frames_root(ds, self.json_path)
-        if root is None:
-            raise ValueError(f"{self.json_path}: no frames root given and no info.frames_root in the json")
-        self.video_set = VideoSet(ds, root)
-        self.ds = ds
+        self.video_set = VideoSet(self.json_path, frames_root)
+        self.ds = self.video_set.ds
         self.frames_root = self.video_set.frames_root
-        self.videos = ds["videos"]
+        self.videos = self.ds["videos"]
         self.category_ids = sorted(self.video_set.category_index)
         self.size = img_size_hw(img_size)
         self.cache = cache
@@ -341,7 +344,7 @@ class ClipDataset(torch.utils.data.Dataset):
             for t in range(int(video["length"])):
                 if order == "causal" and t == 0 and int(video["length"]) > 1:
                     continue  # no earlier frame to reference
-                if require_instances and not any(a["segmentations"][t] is not None for a in anns):
+                if require_instances and not has_instance(anns, t):
                     continue
                 self.index.append((vi, t))
 
