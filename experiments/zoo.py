@@ -107,7 +107,7 @@ def evaluate(ctx: Context, name: str) -> dict:
         all / first / later frames), ``density`` (12 per-block fractions, all frames), ``density_later``,
         ``ioi`` (IoI table row: IoI, IoI_S, IoI_M, IoI_L, counts; fractions), ``fg_bg`` (kept-budget shares),
         ``records`` (path of the per-frame keep records), ``noise`` (inference Gumbel noise on/off),
-        ``seconds_per_frame``, ``backbone`` (see :func:`_backbone_info`).
+        ``seconds_per_frame``, ``backbone`` (the checkpoint's backbone record).
     """
     spec = variants()[name]
     ckpt = checkpoint(ctx, name)
@@ -171,18 +171,10 @@ def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
         "noise": res["noise"],
         "frames": res["frames"],
         "seconds_per_frame": res["sec_per_frame"],
-        "backbone": _backbone_info(ckpt),
+        # which backbone the model used, for the report index: the checkpoint's ``backbone`` record (``source``
+        # imgfocus_vits14 / checkpoint / scratch, ``arch``, ``fallback``: pretrained asked for but missing, ...)
+        "backbone": {k: res["backbone"].get(k) for k in ("source", "arch", "fallback", "frozen", "reason")},
     }
-
-
-def _backbone_info(ckpt: Path) -> dict:
-    """Which backbone a checkpoint's model used (the ``backbone`` record training wrote: ``source``
-    (e.g. ``imgfocus_vits14`` or ``random``), ``arch``, ``fallback`` (pretrained requested but missing),
-    ``frozen``, ``reason``), for the report index."""
-    from vppkit.engine.checkpoint import load_checkpoint
-
-    info = load_checkpoint(ckpt).get("backbone") or {}
-    return {k: info.get(k) for k in ("source", "arch", "fallback", "frozen", "reason")}
 
 
 def _macs(cfg: dict, records: list):

@@ -201,7 +201,8 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``).
 
     Returns:
-        :func:`run_inference`'s dict plus ``gt_json`` (the json that was run) and ``noise``.
+        :func:`run_inference`'s dict plus ``gt_json`` (the json that was run), ``noise`` and ``backbone`` (the
+        checkpoint's record of what the backbone was built from; ``{}`` for checkpoints without one).
     """
     from vppkit.engine.checkpoint import load_checkpoint
     from vppkit.data.splits import resolve_split
@@ -214,7 +215,7 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
     pruning = None
     if ck.get("stage") == "sparse" and not dense:
         pruning = {**cfg["pruning"], "inference_noise": noise}
-    model, _ = load_model(checkpoint, pruning=pruning or {"method": "none"}, device=device)
+    model, _ = load_model(checkpoint, pruning=pruning or {"method": "none"}, device=device, ck=ck)
     if data in ("train", "val"):
         js, fr = resolve_split(cfg["data"], data, progress=progress)
         frames_root = frames_root or fr
@@ -222,7 +223,8 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         js = Path(data)
     frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=False)
     meta = {"checkpoint": str(checkpoint), "gt_json": str(js), "noise": noise,
-            "pruning": (pruning or {}).get("method", "none"), "profile": cfg.get("profile")}
+            "pruning": (pruning or {}).get("method", "none"), "profile": cfg.get("profile"),
+            "backbone": ck.get("backbone") or {}}
     res = run_inference(model, frames, out_dir, top_k=int(ecfg.get("top_k", 10)),
                         mask_threshold=float(ecfg.get("mask_threshold", 0.0)),
                         momentum=float(ecfg.get("tracker_momentum", 0.0)), visualize=visualize,

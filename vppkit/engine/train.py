@@ -392,7 +392,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
 
 
 def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str = "cpu",
-               overrides: dict | None = None):
+               overrides: dict | None = None, ck: dict | None = None):
     """Rebuild a trained :class:`VISModel` from a checkpoint (its stored config), in eval mode.
 
     Args:
@@ -400,11 +400,12 @@ def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str 
         pruning: the pruning section to build (default: the one stored when the checkpoint is from the sparse
             stage, else dense).
         overrides: deep-merged into the stored config's ``model`` section.
+        ck: the checkpoint dict when the caller has already loaded ``checkpoint`` (not read again).
 
     Returns:
         (model, checkpoint dict).
     """
-    ck = load_checkpoint(checkpoint, map_location="cpu")
+    ck = ck if ck is not None else load_checkpoint(checkpoint, map_location="cpu")
     cfg = copy.deepcopy(ck["config"])
     if pruning is None and ck.get("stage") == "sparse":
         pruning = cfg.get("pruning")
