@@ -85,7 +85,7 @@ class VISModel(nn.Module):
         """(name, parameter) of the backbone ViT's own weights: everything under ``backbone.`` except the
         pruner's modules (Map-SM, SM gates, predictors), which are never part of the frozen set."""
         return [(n, p) for n, p in self.named_parameters()
-                if n.startswith("backbone.") and ".pruner." not in n and not n.startswith("backbone.pruner.")]
+                if n.startswith("backbone.") and ".pruner." not in n]
 
     def freeze_backbone(self, frozen: bool = True) -> int:
         """Freeze (``requires_grad=False``) or unfreeze the backbone ViT's weights; returns how many tensors.
