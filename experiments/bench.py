@@ -21,6 +21,15 @@ from experiments.common import Context
 log = logging.getLogger("vppkit.experiments")
 
 
+def shared_context(ctx: Context, cfg: dict | None = None) -> Context:
+    """The context the shared benchmark result lives in: ``results/bench/bench.json``, beside the profiles'
+    result folders, whatever profile ``ctx`` is (``cfg``: the default profile's config; loaded when None)."""
+    from vppkit.config import load_config
+
+    return Context(profile="default", cfg=cfg if cfg is not None else load_config("default"), force=ctx.force,
+                   results_dir=ctx.results_dir.parent / "bench", reports_dir=ctx.reports_dir)
+
+
 def run(ctx: Context) -> dict:
     """Compute (or reuse) the benchmark result and write ``reports/bench.md``. Returns the result dict."""
     from vppkit.bench import default_suite, render_markdown, run_suite
@@ -34,8 +43,7 @@ def run(ctx: Context) -> dict:
                         "memory": suite["memory"]},
               "model": default_cfg.get("model"), "pruning": default_cfg.get("pruning"), "seed": ctx.seed,
               "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    shared = Context(profile="default", cfg=default_cfg, force=ctx.force,
-                     results_dir=ctx.results_dir.parent / "bench", reports_dir=ctx.reports_dir)
+    shared = shared_context(ctx, default_cfg)
     result = shared.cached("bench", config, lambda: run_suite(suite, device=device, profile="default",
                                                               seed=ctx.seed, pruning=default_cfg.get("pruning"),
                                                               log=log.info))

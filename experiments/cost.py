@@ -8,9 +8,8 @@ the closed form under each method's nominal keep ratios (no model run).
 
 from __future__ import annotations
 
-import json
-
 from experiments import zoo
+from experiments.bench import shared_context
 from experiments.common import Context
 
 VARIANTS = ("dense", "vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40")
@@ -56,8 +55,7 @@ def _bench_rows(bench: dict) -> list[dict]:
 
 def run(ctx: Context) -> dict:
     evals, config = zoo.evaluate_many(ctx, "flops", VARIANTS)
-    bench_path = ctx.results_dir.parent / "bench" / "bench.json"  # shared by all profiles (experiments.bench)
-    bench = json.loads(bench_path.read_text()) if bench_path.exists() else None
+    bench = shared_context(ctx).load_result("bench")  # shared by all profiles (experiments.bench)
     config["bench"] = (bench or {}).get("config_hash")
 
     def compute() -> dict:
