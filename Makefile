@@ -22,10 +22,12 @@ RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(D
 install: $(STAMP)
 
 $(STAMP): requirements/lock.txt pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); if [ "$$free" -lt 7 ]; then \
+	  echo "warning: $$free GiB free here; .venv needs about 6.5 GiB (torch's registry build carries CUDA libraries)" >&2; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/lock.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: $(STAMP)
