@@ -1,4 +1,4 @@
-"""Clip sampling, transforms applied identically to frames and masks, per-video reader, collate."""
+"""Reference-frame sampling, clip transforms applied identically to frames and masks, per-video reader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vppkit.data.transforms import ClipTransform, resized_size
-from vppkit.data.video import ClipDataset, VideoSet, collate, sample_reference_frames
+from vppkit.data.video import VideoSet, sample_reference_frames
 from vppkit.data.ytvis import encode_mask, save_ytvis
 
 H, W, T = 30, 50, 10
@@ -83,33 +83,22 @@ def test_sample_reference_frames_window_and_orders():
         sample_reference_frames(7, 5, 1, 5, "random", rng)
 
 
-def test_clip_shapes_and_labels(tiny):
-    ds = ClipDataset(tiny, num_ref=2, window=3, transform=ClipTransform(long_side=40, pad_to=16), seed=1)
-    assert ds.category_index == {5: 0, 7: 1}
-    assert len(ds) == T + 1  # every frame of video 1 has an instance; video 2 has one frame
-    s = ds[4]
-    h, w = resized_size(H, W, 40)
-    assert (h, w) == (24, 40)
-    assert s["images"].shape == (3, 3, 32, 48) and s["images"].dtype == torch.float32
-    assert len(s["masks"]) == 3 and all(m.shape == (2, 32, 48) and m.dtype == torch.bool for m in s["masks"])
-    assert s["valid"].shape == (3, 2) and s["valid"].dtype == torch.bool
-    assert s["labels"].tolist() == [0, 1] and s["instance_ids"].tolist() == [10, 11]
-    assert s["frame_indices"].shape == (3,) and s["frame_indices"][s["key_index"]] == 4
-    assert all(abs(int(f) - 4) <= 3 for f in s["frame_indices"])
-    for t, f in enumerate(s["frame_indices"].tolist()):
-        assert s["valid"][t, 1] == (f >= 3)
-        if f < 3:
-            assert not s["masks"][t][1].any()  # absent instance -> all-False mask
-    assert s["meta"]["padded_size"] == (32, 48) and s["meta"]["size"] == (24, 40)
+def _clip(tiny, frames, transform, seed=0):
+    """Frames ``frames`` of video 1 (raw) through ``transform``: (images (T,3,H,W), masks T x (K,H,W), meta)."""
+    reader = VideoSet(tiny)[0]
+    masks = [reader.load_masks(t)[0] for t in frames]
+    return transform([reader.load_frame(t) for t in frames], masks, np.random.default_rng(seed))
+
+
+def test_clip_transform_resizes_and_pads(tiny):
+    images, masks, meta = _clip(tiny, [2, 4, 3], ClipTransform(long_side=40, pad_to=16))
+    assert resized_size(H, W, 40) == (24, 40)
+    assert images.shape == (3, 3, 32, 48) and images.dtype == torch.float32
+    assert len(masks) == 3 and all(m.shape == (2, 32, 48) and m.dtype == torch.bool for m in masks)
+    assert meta["padded_size"] == (32, 48) and meta["size"] == (24, 40) and meta["orig_size"] == (H, W)
+    assert not masks[0][1].any() and masks[1][1].any()  # instance 1 absent before frame 3: all-False mask
     # padding is zero (images) / False (masks)
-    assert (s["images"][:, :, 24:] == 0).all() and not any(m[:, 24:].any() for m in s["masks"])
-    # deterministic in (seed, epoch, index); new draws after set_epoch
-    assert torch.equal(ds[4]["frame_indices"], s["frame_indices"])
-    draws = set()
-    for e in range(8):
-        ds.set_epoch(e)
-        draws.add(tuple(ds[4]["frame_indices"].tolist()))
-    assert len(draws) > 1
+    assert (images[:, :, 24:] == 0).all() and not any(m[:, 24:].any() for m in masks)
 
 
 def _unnormalised(flip):
@@ -117,30 +106,26 @@ def _unnormalised(flip):
 
 
 def test_flip_identical_on_frames_and_masks(tiny):
-    plain = ClipDataset(tiny, num_ref=2, window=2, transform=_unnormalised(False), seed=5)
-    flipped = ClipDataset(tiny, num_ref=2, window=2, transform=_unnormalised(True), seed=5)
-    for i in (0, 5, 9):
-        a, b = plain[i], flipped[i]
-        assert torch.equal(a["frame_indices"], b["frame_indices"])  # the flip draw does not change the refs
-        assert b["meta"]["flipped"] and not a["meta"]["flipped"]
-        assert torch.equal(b["images"], a["images"].flip(-1))
-        for ma, mb in zip(a["masks"], b["masks"]):
+    for frames in ([0, 1, 2], [5, 3, 7], [9, 8, 6]):
+        a_img, a_masks, a_meta = _clip(tiny, frames, _unnormalised(False))
+        b_img, b_masks, b_meta = _clip(tiny, frames, _unnormalised(True))
+        assert b_meta["flipped"] and not a_meta["flipped"]
+        assert torch.equal(b_img, a_img.flip(-1))
+        for ma, mb in zip(a_masks, b_masks):
             assert torch.equal(mb, ma.flip(-1))
         # masks still sit on the object pixels of their own frame
-        for t in range(3):
-            fg = b["images"][t, 0] > 0.5
-            assert torch.equal(fg, b["masks"][t].any(0))
-            assert round(float(b["images"][t, 1].max()) * 255) == int(b["frame_indices"][t])
+        for t, f in enumerate(frames):
+            fg = b_img[t, 0] > 0.5
+            assert torch.equal(fg, b_masks[t].any(0))
+            assert round(float(b_img[t, 1].max()) * 255) == f
 
 
 def test_resize_keeps_frames_and_masks_aligned(tiny):
-    tf = ClipTransform(long_side=80, pad_to=16, hflip_prob=1.0, normalize=False)
-    ds = ClipDataset(tiny, num_ref=1, window=2, transform=tf, seed=0)
-    s = ds[6]
-    assert s["images"].shape[-2:] == (48, 80)
+    images, masks, _ = _clip(tiny, [6, 5], ClipTransform(long_side=80, pad_to=16, hflip_prob=1.0, normalize=False))
+    assert images.shape[-2:] == (48, 80)
     for t in range(2):
-        fg = s["images"][t, 0] > 0.5
-        m = s["masks"][t].any(0)
+        fg = images[t, 0] > 0.5
+        m = masks[t].any(0)
         inter, union = (fg & m).sum().item(), (fg | m).sum().item()
         assert inter / union > 0.85  # bilinear vs nearest differ only on edges
 
@@ -156,29 +141,6 @@ def test_normalisation_and_errors():
         tf([np.zeros((5, 6, 3), np.uint8), np.zeros((6, 6, 3), np.uint8)])
     with pytest.raises(ValueError, match="does not match"):
         tf(white, [np.zeros((1, 4, 6), bool)])
-
-
-def test_causal_clips_and_short_video(tiny):
-    ds = ClipDataset(tiny, num_ref=2, window=3, order="causal", transform=_unnormalised(False))
-    assert len(ds) == (T - 1) + 1  # key 0 of video 1 skipped; the 1-frame video repeats its key
-    for i in range(len(ds)):
-        fi = ds[i]["frame_indices"].tolist()
-        assert fi == sorted(fi) and ds[i]["key_index"] == 2
-    last = ds[len(ds) - 1]
-    assert last["video_id"] == 2 and last["frame_indices"].tolist() == [0, 0, 0]
-    with pytest.raises(ValueError):
-        ClipDataset(tiny, num_ref=3)
-
-
-def test_collate_pads_to_batch(tiny):
-    a = ClipDataset(tiny, num_ref=1, transform=ClipTransform(long_side=40, pad_to=16))[0]
-    b = ClipDataset(tiny, num_ref=1, transform=ClipTransform(long_side=64, pad_to=16))[1]
-    batch = collate([a, b])
-    assert batch["images"].shape == (2, 2, 3, 48, 64)
-    assert batch["image_sizes"].tolist() == [[32, 48], [48, 64]]
-    assert all(m.shape[-2:] == (48, 64) for t in batch["targets"] for m in t["masks"])
-    assert "images" not in batch["targets"][0]
-    assert torch.equal(batch["images"][0, :, :, :32, :48], a["images"])
 
 
 def test_video_reader_for_inference(tiny):

@@ -152,7 +152,22 @@ def img_size_hw(img_size) -> tuple[int, int]:
     return int(img_size), int(img_size)
 
 
+#: Keys that change how fast a run goes, never what it computes; :func:`config_hash` leaves them out so that,
+#: e.g., more data-loader workers reuse the trained models (``train.workers``: tests/test_train_loader.py shows
+#: the batches and the trained weights do not depend on it).
+RUNTIME_KEYS = frozenset({"workers"})
+
+
+def _without_runtime_keys(obj):
+    if isinstance(obj, dict):
+        return {k: _without_runtime_keys(v) for k, v in obj.items() if k not in RUNTIME_KEYS}
+    if isinstance(obj, (list, tuple)):
+        return [_without_runtime_keys(v) for v in obj]
+    return obj
+
+
 def config_hash(cfg: dict, length: int = 12) -> str:
-    """Stable short SHA-256 hex digest of ``cfg`` (sorted-key JSON; order of dict keys does not matter)."""
-    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    """Stable short SHA-256 hex digest of ``cfg`` (sorted-key JSON; order of dict keys does not matter;
+    :data:`RUNTIME_KEYS` at any level are left out)."""
+    text = json.dumps(_without_runtime_keys(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

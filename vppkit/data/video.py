@@ -6,19 +6,20 @@
 - :class:`VideoFrames`: the engine's view (training, inference, FGS, selectors): every frame and its visible
   instances resized to the model input size (bilinear for images, nearest for masks), read through
   :class:`VideoSet`, optionally kept in memory; clips of consecutive frames with random gaps.
-- :class:`ClipDataset`: training samples of 1 key frame + 1 or 2 reference frames of the same video,
-  sampled uniformly within +-``window`` frames of the key (key excluded), as mmtrack's
-  ``ref_img_sampler`` in the official VPP configs (``num_ref_imgs=2``, ``frame_range=5``; vpp-notes §7.3).
-  VPP's sparse stage runs the chain reff -> ref -> key; ``order`` chooses how the chain is ordered:
+- :func:`sample_reference_frames`: 1 or 2 reference frames within +-``window`` frames of a key frame (key
+  excluded), as mmtrack's ``ref_img_sampler`` in the official VPP configs (``num_ref_imgs=2``, ``frame_range=5``;
+  vpp-notes §7.3), chained for VPP's sparse stage (reff -> ref -> key) in one of three orders:
 
   - ``"random"``: references in sampled order, then the key (official: ``sort_ref_imgs=False``, so the
     "previous" frame may lie in the future);
-  - ``"sorted"``: the same frames sorted in time (``key_index`` says where the key is);
+  - ``"sorted"``: the same frames sorted in time (the key's position is returned);
   - ``"causal"``: references drawn from the ``window`` frames *before* the key only, sorted, key last
     (matches online inference).
 
-Every sample has the same instance order K = all annotations of the video (sorted by id); an instance
-absent from a frame has an all-False mask and ``valid[t, k] = False``. ``labels`` are contiguous 0-based
+  The training engine builds its batches from it (:class:`vppkit.engine.train.StepBatches`).
+
+A :class:`VideoReader` frame has the same instance order K = all annotations of the video (sorted by id); an
+instance absent from a frame has an all-False mask and ``valid[k] = False``. ``labels`` are contiguous 0-based
 class indices (:func:`vppkit.data.ytvis.category_index`).
 """
 
@@ -38,8 +39,7 @@ from vppkit.data.transforms import ClipTransform
 from vppkit.data.ytvis import annotations_by_video, category_index, decode_segmentation, load_ytvis, \
     resolve_frames_root
 
-__all__ = ["VideoReader", "VideoSet", "VideoFrames", "ClipDataset", "sample_reference_frames", "has_instance", "collate",
-           "open_ytvis"]
+__all__ = ["VideoReader", "VideoSet", "VideoFrames", "sample_reference_frames", "has_instance", "open_ytvis"]
 
 ORDERS = ("random", "sorted", "causal")
 
@@ -278,7 +278,7 @@ def sample_reference_frames(key: int, length: int, num_ref: int, window: int, or
         (frame indices in chain order, position of the key in that list). References are distinct when
         the window holds enough frames, else drawn with replacement; a 1-frame video repeats the key.
         "causal" with key 0 has no earlier frame: it falls back to the frames after the key (chain
-        refs -> key, not in time order); :class:`ClipDataset` skips such keys.
+        refs -> key, not in time order); the training engine keeps such keys.
 
     Raises:
         ValueError: unknown order, num_ref < 1, key out of range.
@@ -301,103 +301,3 @@ def sample_reference_frames(key: int, length: int, num_ref: int, window: int, or
         return sorted(refs) + [key], num_ref
     frames = sorted(refs + [key])
     return frames, max(i for i, t in enumerate(frames) if t == key)
-
-
-class ClipDataset(torch.utils.data.Dataset):
-    """Training clips: key frame + ``num_ref`` reference frames of the same video.
-
-    One sample per (video, key frame); with ``require_instances`` only key frames where at least one
-    instance is present. Sampling of the references is deterministic in (seed, epoch, index); call
-    :meth:`set_epoch` to draw new references each epoch.
-
-    Args:
-        ds_or_path: YouTube-VIS dict or json path.
-        frames_root: frames folder (default: the json's ``info.frames_root``).
-        num_ref: 1 (dense stage, key + ref) or 2 (VPP sparse stage, reff -> ref -> key).
-        window: reference frames within +-window frames of the key (official: 5).
-        order: "random" (official), "sorted" or "causal".
-        transform: :class:`ClipTransform` (e.g. ``ClipTransform(long_side, 16, hflip_prob=0.5)``).
-        seed: base seed for reference sampling and flips.
-        require_instances: skip key frames without any instance.
-
-    Sample dict: ``images`` (T, 3, H, W) float32 with T = num_ref + 1 in chain order; ``masks`` list of T
-    bool (K, H, W); ``valid`` (T, K) bool; ``labels`` (K,) int64; ``instance_ids`` (K,) int64;
-    ``video_id``; ``frame_indices`` (T,) int64; ``key_index`` (int, position of the key in the chain);
-    ``meta`` (transform sizes, flip).
-    """
-
-    def __init__(self, ds_or_path: dict | str | os.PathLike, frames_root: str | os.PathLike | None = None,
-                 num_ref: int = 2, window: int = 5, order: str = "random", transform: ClipTransform | None = None,
-                 seed: int = 0, require_instances: bool = True):
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        if num_ref not in (1, 2):
-            raise ValueError(f"num_ref must be 1 or 2, got {num_ref}")
-        self.videos = VideoSet(ds_or_path, frames_root)
-        self.num_ref, self.window, self.order = num_ref, window, order
-        self.transform = transform or ClipTransform()
-        self.seed, self.epoch = int(seed), 0
-        self.num_classes = len(self.videos.category_index)
-        self.index: list[tuple[int, int]] = []
-        for vi, video in enumerate(self.videos.ds["videos"]):
-            anns = self.videos.by_video[video["id"]]
-            for t in range(int(video["length"])):
-                if order == "causal" and t == 0 and int(video["length"]) > 1:
-                    continue  # no earlier frame to reference
-                if require_instances and not has_instance(anns, t):
-                    continue
-                self.index.append((vi, t))
-
-    @property
-    def category_index(self) -> dict[int, int]:
-        """Category id -> contiguous class index used in ``labels``."""
-        return self.videos.category_index
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the reference / flip draws (explicit, like ``DistributedSampler.set_epoch``)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        vi, key = self.index[i]
-        reader = self.videos[vi]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        frames, key_index = sample_reference_frames(key, reader.length, self.num_ref, self.window, self.order, rng)
-        loaded = [reader.load_masks(t) for t in frames]
-        images, masks, meta = self.transform([reader.load_frame(t) for t in frames], [m for m, _ in loaded], rng)
-        return {"images": images, "masks": masks,
-                "valid": torch.from_numpy(np.stack([v for _, v in loaded])).reshape(len(frames), -1),
-                "labels": reader.labels, "instance_ids": reader.instance_ids, "video_id": reader.video_id,
-                "frame_indices": torch.tensor(frames, dtype=torch.int64), "key_index": key_index, "meta": meta}
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch clips: images stacked (B, T, 3, H, W), zero-padded bottom / right to the largest clip.
-
-    Returns:
-        ``images`` (B, T, 3, Hmax, Wmax); ``image_sizes`` (B, 2) int64 (each clip's H, W before batch
-        padding); ``targets``: list of B dicts (the sample without ``images``; masks padded with False to
-        Hmax, Wmax so they align with ``images``).
-
-    Raises:
-        ValueError: clips of different lengths T.
-    """
-    if not samples:
-        raise ValueError("collate needs at least one sample")
-    lengths = {s["images"].shape[0] for s in samples}
-    if len(lengths) != 1:
-        raise ValueError(f"all clips in a batch must have the same number of frames, got {sorted(lengths)}")
-    hmax = max(s["images"].shape[-2] for s in samples)
-    wmax = max(s["images"].shape[-1] for s in samples)
-    images, sizes, targets = [], [], []
-    for s in samples:
-        h, w = s["images"].shape[-2:]
-        images.append(F.pad(s["images"], (0, wmax - w, 0, hmax - h), value=0.0))
-        sizes.append((h, w))
-        t = {k: v for k, v in s.items() if k != "images"}
-        t["masks"] = [F.pad(m, (0, wmax - w, 0, hmax - h), value=False) for m in s["masks"]]
-        targets.append(t)
-    return {"images": torch.stack(images), "image_sizes": torch.tensor(sizes, dtype=torch.int64),
-            "targets": targets}

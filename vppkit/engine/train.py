@@ -18,8 +18,14 @@ Determinism and resume: the samples of step s and every random draw inside it (G
 ``seed``, ``s`` and the rank only (:func:`seed_step`, a ``DistributedSampler`` per epoch), so a run killed and
 resumed from its last checkpoint ends with exactly the weights of an uninterrupted run (CPU).
 
+Data loading: step s's batch is item s of :class:`StepBatches`, read ahead by a ``DataLoader`` in
+``train.workers`` background processes (0 = in the training process; paper-scale profiles: 4 per GPU process), so
+JPEG decoding and resizing overlap the model's step. The batches, hence the trained weights, are the same for any
+worker count (tested), which is why ``workers`` is left out of config hashes (:data:`vppkit.config.RUNTIME_KEYS`).
+
 Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps and at the end), ``model_final.pt``,
-``metrics.csv`` (one row per step, with wall ``sec`` and process ``cpu_sec`` (all threads); the whole file is
+``metrics.csv`` (one row per step, with wall ``sec`` (waiting for the batch + the step) and ``cpu_sec`` of the
+training process (all its threads; loader workers not counted); the whole file is
 rewritten atomically at each checkpoint, so it never holds rows beyond the checkpointed step), ``config.json``
 (+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0 writes.
 """
@@ -184,6 +190,46 @@ def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: i
             tg.append({"labels": labels, "masks": masks})
         steps.append((torch.stack(imgs), tg))
     return steps
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """The batch of every optimizer step, indexed by the step: what the training ``DataLoader`` reads ahead of the
+    model in ``train.workers`` processes (0 = in the training process).
+
+    Step s's batch depends on (``seed``, s, ``rank``) only (its own ``np.random.Generator``; no global random
+    state), so it is the same whichever process loads it, with 0 or N workers, and after a resume.
+
+    Args:
+        frames: the training set at the model size.
+        samples: :func:`training_samples`; sampler: :class:`StepSampler` over them.
+        length: frames per clip; tcfg: the stage's ``train`` section (``max_gap``, ``ref_window``, ``ref_order``,
+            ``flip``).
+
+    Item: per time step t of the chain, (images (B, 3, H, W) uint8, B targets {labels (K,), masks (K, H, W)}).
+    """
+
+    def __init__(self, frames: VideoFrames, samples: list[tuple[int, int | None]], sampler: StepSampler,
+                 length: int, tcfg: dict, seed: int, rank: int) -> None:
+        self.frames, self.samples, self.sampler = frames, samples, sampler
+        self.length, self.tcfg, self.seed, self.rank = length, tcfg, seed, rank
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        return _batch(self.frames, [self.samples[i] for i in self.sampler.indices(step)], self.length, self.tcfg,
+                      bool(self.tcfg.get("flip", True)), rng)
+
+
+def step_loader(batches: StepBatches, start: int, end: int, workers: int, pin_memory: bool = False):
+    """``DataLoader`` over steps ``start``..``end − 1`` in order (``batch_size=None``: a step's batch is one item);
+    ``workers`` > 0 decode and resize frames in background processes (2 batches ahead each).
+
+    Raises:
+        ValueError: negative ``workers``.
+    """
+    if workers < 0:
+        raise ValueError(f"train.workers must be >= 0, got {workers}")
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, end), num_workers=workers,
+                                       pin_memory=pin_memory, prefetch_factor=2 if workers else None)
 
 
 def chain_loss(model, criterion, steps, sparse: bool, device) -> tuple[torch.Tensor, dict]:
@@ -358,12 +404,11 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
-    for step in range(start, end):
-        ts, cs = time.perf_counter(), time.process_time()
+    loader = step_loader(StepBatches(frames, samples, sampler, clip_len, tcfg, seed, info.rank), start, end,
+                         int(tcfg.get("workers", 0)), pin_memory=info.device.startswith("cuda"))
+    ts, cs = time.perf_counter(), time.process_time()
+    for step, steps in zip(range(start, end), loader):
         seed_step(seed, step, info.rank)
-        rng = np.random.default_rng([seed, step, info.rank])
-        steps = _batch(frames, [samples[i] for i in sampler.indices(step)], clip_len, tcfg,
-                       bool(tcfg.get("flip", True)), rng)
         loss, logs = chain_loss(model, criterion, steps, sparse, info.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -381,6 +426,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         if info.is_main and (done % every == 0 or done == end):
             save_checkpoint(out / LAST, model, opt, sched, done, cfg, extra)
             _write_csv(out / "metrics.csv", rows)
+        ts, cs = time.perf_counter(), time.process_time()
     bar.close()
     seconds = time.perf_counter() - t0
     ckpt = out / LAST

@@ -1,0 +1,62 @@
+"""Training batches read ahead by a DataLoader (``train.workers``): the same batches and the same trained weights
+with 0 or 2 worker processes, so the worker count is a speed setting outside every config hash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vppkit.config import config_hash, load_config
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import VideoFrames
+from vppkit.engine.distributed import DistInfo
+from vppkit.engine.train import StepBatches, StepSampler, stage_config, step_loader, train, training_samples
+
+TINY = ["data.num_videos=3", "data.num_val_videos=1", "data.num_frames=6", "data.height=64", "data.width=64",
+        "model.img_size=[64,64]", "model.dim=32", "model.num_queries=5", "model.dec_layers=2"]
+
+
+def _flat(batch):
+    """Every tensor of one step's batch, in order."""
+    out = []
+    for images, targets in batch:
+        out.append(images)
+        for t in targets:
+            out += [t["labels"], t["masks"]]
+    return out
+
+
+def test_step_batches_do_not_depend_on_the_worker_count(cache):
+    cfg = load_config("smoke", TINY + ["train.batch=2"])
+    js, fr = resolve_split(cfg["data"], "train")
+    frames = VideoFrames(js, fr, 64)
+    samples = training_samples(frames, "video")
+    tcfg = stage_config(cfg, "sparse")
+    sampler = StepSampler(len(samples), 2, 0, DistInfo())
+    batches = StepBatches(frames, samples, sampler, 3, tcfg, seed=0, rank=0)
+    direct = [_flat(batches[s]) for s in range(2, 8)]
+    for workers in (0, 2):
+        loaded = [_flat(b) for b in step_loader(batches, 2, 8, workers)]
+        assert len(loaded) == len(direct)
+        for a, b in zip(direct, loaded):
+            assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    # another seed draws other clips (the comparison above can fail)
+    other = StepBatches(frames, samples, sampler, 3, tcfg, seed=1, rank=0)
+    assert not all(torch.equal(x, y) for x, y in zip(_flat(other[2]), direct[0]))
+    with pytest.raises(ValueError, match="train.workers"):
+        step_loader(batches, 0, 2, -1)
+
+
+def test_trained_weights_do_not_depend_on_the_worker_count(cache):
+    base = TINY + ["train.dense.steps=4", "train.sparse.steps=3", "pruning.method=vpp"]
+    weights, hashes = [], set()
+    for workers in (0, 2):
+        cfg = load_config("smoke", base + [f"train.workers={workers}"])
+        hashes.add(config_hash(cfg))
+        dense = train(cfg, "dense", out_dir=cache / f"d{workers}", progress=False)
+        sparse = train(cfg, "sparse", out_dir=cache / f"s{workers}", init=dense["checkpoint"], progress=False)
+        weights.append(torch.load(sparse["checkpoint"], weights_only=False)["model"])
+    a, b = weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(hashes) == 1  # the worker count is not part of the config hash
+    assert config_hash(load_config("smoke", base + ["train.sparse.steps=4"])) not in hashes
