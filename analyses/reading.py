@@ -48,6 +48,19 @@ def _ioi_vpp_beats_svit(r: dict) -> tuple[bool | None, str]:
     return (all(verdicts) if verdicts else None), "; ".join(text)
 
 
+def _ioi_above_pkr(r: dict) -> tuple[bool | None, str]:
+    """Selectivity: a pruner that keeps instance patches more often than patches on average has IoI > PKR (both
+    block-averaged percentages); a fg-blind gate gives IoI ≈ PKR, one that spends its budget on background less."""
+    verdicts, text = [], []
+    for goal in (55, 40):
+        for method in ("VPP", "SViT"):
+            x = _by(r["rows"], goal_PKR=goal, method=method)
+            if x and x["IoI"] is not None and x["PKR"] is not None:
+                verdicts.append(x["IoI"] > x["PKR"])
+                text.append(f"{method} {goal} %: IoI {_fmt(x['IoI'])} vs PKR {_fmt(x['PKR'])}")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
 def _ioi_small_first(r: dict) -> tuple[bool | None, str]:
     verdicts, text = [], []
     for goal in (55, 40):
@@ -113,6 +126,8 @@ CHECKS: dict[str, list[Check]] = {
              "to layer 9", _fgs_rises)],
     "ioi": [("VPP covers instances better than SViT (IoI)", "Table 8: VPP > SViT by > 10 points at 55 % and 40 %",
              _ioi_vpp_beats_svit),
+            ("both pruners keep instance patches more often than average (IoI > realised PKR)",
+             "Table 8: IoI 54.9-82.3 % at goal PKR 40 / 55 %, every row above its PKR", _ioi_above_pkr),
             ("VPP gives small objects a higher IoI than large ones", "Table 8 / supp. §D: IoI_S > IoI_L",
              _ioi_small_first)],
     "density": [("VPP prunes early and keeps deep layers denser than SViT", "Fig. 5", _density_early_vs_deep)],

@@ -99,7 +99,7 @@ def test_index_states_the_setup_and_the_backbone_of_every_model(smoke_run):
 def test_reading_evaluates_the_paper_trends(smoke_run):
     ctx, _ = smoke_run
     reading = (ctx.reports_dir / "reading.md").read_text()
-    assert reading.count("\n| ") >= 8
+    assert reading.count("\n| ") >= 9
     assert "not run" not in reading
 
 

@@ -153,7 +153,7 @@ def img_size_hw(img_size) -> tuple[int, int]:
 
 
 #: Keys that change how fast a run goes, never what it computes; :func:`config_hash` leaves them out so that,
-#: e.g., more data-loader workers reuse the trained models (``train.workers``: tests/test_train_loader.py shows
+#: e.g., more data-loader workers reuse the trained models (``train.workers``: tests/test_engine_loaders.py shows
 #: the batches and the trained weights do not depend on it).
 RUNTIME_KEYS = frozenset({"workers"})
 

@@ -25,11 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", default=None, help="frames folder for a json --data (default: info.frames_root)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dense", action="store_true", help="run the backbone dense even for a sparse checkpoint")
-    p.add_argument("--noise", action="store_true", help="keep Gumbel noise at inference (official VPP)")
+    p.add_argument("--noise", action="store_true", default=None,
+                   help="keep Gumbel noise at inference (official VPP; default: the config's eval.inference_noise)")
     p.add_argument("--visualize", action="store_true", help="write per-frame overlays to <out>/vis")
     p.add_argument("--evaluate", action="store_true", help="also compute video AP (GT must have annotations)")
     p.add_argument("--max-videos", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes decoding frames ahead of the model (default: the config's eval.workers, else 0)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = infer_checkpoint(args.checkpoint, args.data, args.out, frames_root=args.frames, dense=args.dense,
                                noise=args.noise, visualize=args.visualize, max_videos=args.max_videos,
-                               device=args.device)
+                               device=args.device, workers=args.workers)
     if args.evaluate:
         summary["ap"] = evaluate_run(args.out, summary["gt_json"])
     print(json.dumps({k: v for k, v in summary.items() if k not in ("results", "records")}, indent=2, default=str))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import io
 import time
+from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -30,22 +32,28 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vppkit.data.video import VideoFrames
+from vppkit.metrics.coco_frames import evaluate_frame_ap
+from vppkit.metrics.pkr import PKRAccumulator
+from vppkit.metrics.ytvis_ap import evaluate_video_ap
 from vppkit.models.records import KeepRecord
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-__all__ = ["infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records", "records_pkr"]
+__all__ = ["infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records", "records_pkr",
+           "frame_loader"]
 
 
 @torch.no_grad()
 def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_threshold: float = 0.0,
                 momentum: float = 0.0, execution: str | None = "gathered", visualize_dir: Path | None = None,
-                score: str = "mean"):
+                score: str = "mean", images: Iterable[torch.Tensor] | None = None):
     """Run one video online.
 
     Args:
         model: a :class:`VISModel` in eval mode.
         frames: the dataset reader; ``vi`` the video index in it.
+        images: the video's frames in order, (3, H, W) uint8 each, e.g. read ahead by :func:`frame_loader`;
+            None reads them from ``frames`` here.
         top_k: instances kept for the video.
         mask_threshold: mask-logit threshold (0 = probability 0.5).
         momentum: tracker reference momentum (0 = MinVIS, previous frame).
@@ -62,8 +70,9 @@ def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_th
     device = next(model.parameters()).device
     state = track = None
     records = []
-    for t in range(frames.num_frames(vi)):
-        img = frames.frame(vi, t)
+    if images is None:
+        images = (frames.frame(vi, t) for t in range(frames.num_frames(vi)))
+    for t, img in zip(range(frames.num_frames(vi)), images):
         out = model(img[None].to(device), state, execution=execution)
         state = out.backbone.state
         perm, track = track_step(track, out.embeds[0], momentum)
@@ -81,6 +90,36 @@ def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_th
             _save_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{t:05d}.png", img, out, perm,
                           mask_threshold)
     return acc.results(), records
+
+
+class _FrameSequence(torch.utils.data.Dataset):
+    """Every frame of videos 0..n−1, video after video, as one map-style dataset (item = (3, H, W) uint8)."""
+
+    def __init__(self, frames: VideoFrames, n: int) -> None:
+        self.frames = frames
+        self.index = [(vi, t) for vi in range(n) for t in range(frames.num_frames(vi))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.frames.frame(*self.index[i])
+
+
+def frame_loader(frames: VideoFrames, n: int, workers: int = 0) -> Iterator[torch.Tensor]:
+    """The frames of videos 0..n−1 in order (video after video), decoded and resized ahead of the model by
+    ``workers`` background processes (0: here, on demand). One loader for the whole set, so worker start-up is
+    paid once, not per video; the caller takes ``num_frames(vi)`` items per video.
+
+    Raises:
+        ValueError: negative ``workers``.
+    """
+    if workers < 0:
+        raise ValueError(f"eval.workers must be >= 0, got {workers}")
+    if workers == 0:
+        return (frames.frame(vi, t) for vi in range(n) for t in range(frames.num_frames(vi)))
+    return iter(torch.utils.data.DataLoader(_FrameSequence(frames, n), batch_size=None, shuffle=False,
+                                            num_workers=workers, prefetch_factor=4))
 
 
 def _save_overlay(path: Path, img: torch.Tensor, out, perm: torch.Tensor, thr: float) -> None:
@@ -109,22 +148,15 @@ def _save_overlay(path: Path, img: torch.Tensor, out, perm: torch.Tensor, thr: f
 
 
 def records_pkr(records: list[KeepRecord], first_flags: list[bool] | None = None) -> dict:
-    """PKR of per-frame records: global mean over blocks and frames of counts / N (DESIGN.md §4), through
-    :class:`vppkit.metrics.pkr.PKRAccumulator` (its dict; ``pkr`` key) when available."""
-    try:
-        from vppkit.metrics.pkr import PKRAccumulator
-    except ImportError:  # pragma: no cover - metrics part missing
-        PKRAccumulator = None
-    if PKRAccumulator is not None:
-        accum = PKRAccumulator()
-        for i, r in enumerate(records):
-            accum.update(r, is_first=bool(first_flags[i]) if first_flags else False)
-        d = accum.to_dict()
-        d.setdefault("pkr", accum.pkr())
-        return d
-    counts = torch.cat([r.counts for r in records]).double()
-    n = records[0].num_patches
-    return {"pkr": float((counts / n).mean()), "block_density": (counts / n).mean(0).tolist()}
+    """PKR of per-frame records: global mean over blocks and frames of counts / N (DESIGN.md §4), as
+    :class:`vppkit.metrics.pkr.PKRAccumulator`'s dict (``pkr`` key included); ``first_flags`` marks each video's
+    first frame."""
+    accum = PKRAccumulator()
+    for i, r in enumerate(records):
+        accum.update(r, is_first=bool(first_flags[i]) if first_flags else False)
+    d = accum.to_dict()
+    d.setdefault("pkr", accum.pkr())
+    return d
 
 
 def _pack_video(records: list[KeepRecord]) -> dict:
@@ -149,8 +181,11 @@ def load_keep_records(path: str | Path) -> dict[int, KeepRecord]:
 def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None, *, top_k: int = 10,
                   mask_threshold: float = 0.0, momentum: float = 0.0, visualize: bool = False,
                   max_videos: int | None = None, progress: bool = True, meta: dict | None = None,
-                  score: str = "mean") -> dict:
+                  score: str = "mean", workers: int = 0) -> dict:
     """Run every video of ``frames`` and (when ``out_dir``) write the files listed in the module docstring.
+
+    ``workers`` background processes decode and resize frames ahead of the model (:func:`frame_loader`;
+    ``eval.workers``); the results do not depend on it.
 
     Returns:
         dict with ``results`` (YouTube-VIS results list), ``records`` ({video_id: KeepRecord}), ``pkr`` (the PKR
@@ -161,9 +196,11 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     results, packed, all_recs, firsts, per_video = [], {}, [], [], {}
     n = len(frames) if max_videos is None else min(len(frames), max_videos)
     t0 = time.perf_counter()
+    loader = frame_loader(frames, n, workers)
     for vi in tqdm(range(n), desc="infer", unit="video", disable=not progress):
         res, recs = infer_video(model, frames, vi, top_k=top_k, mask_threshold=mask_threshold, momentum=momentum,
-                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None, score=score)
+                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None, score=score,
+                                images=islice(loader, frames.num_frames(vi)))
         vid = frames.videos[vi]["id"]
         results.extend(res)
         per_video[vid] = KeepRecord(torch.cat([r.masks for r in recs]), torch.cat([r.counts for r in recs]),
@@ -191,7 +228,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
 def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | Path | None = None, *,
                      frames_root: str | Path | None = None, dense: bool = False, noise: bool | None = None,
                      visualize: bool = False, max_videos: int | None = None, device: str = "cpu",
-                     progress: bool = True) -> dict:
+                     progress: bool = True, workers: int | None = None) -> dict:
     """Load a checkpoint and run :func:`run_inference` on ``data``.
 
     Args:
@@ -199,6 +236,7 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         data: "train" / "val" (that split of the checkpoint's data config) or a YouTube-VIS json path.
         dense: build the backbone without the pruner (sparse checkpoints: the dense reference).
         noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``).
+        workers: frame-reading processes (None: the config's ``eval.workers``, 0 when absent).
 
     Returns:
         :func:`run_inference`'s dict plus ``gt_json`` (the json that was run), ``noise`` and ``backbone`` (the
@@ -229,22 +267,16 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
                         mask_threshold=float(ecfg.get("mask_threshold", 0.0)),
                         momentum=float(ecfg.get("tracker_momentum", 0.0)), visualize=visualize,
                         max_videos=max_videos, progress=progress, meta=meta,
-                        score=str(ecfg.get("score", "mean")))
+                        score=str(ecfg.get("score", "mean")),
+                        workers=int(ecfg.get("workers", 0)) if workers is None else int(workers))
     return res
 
 
 def evaluate_run(out_dir: str | Path, gt_json: str | Path) -> dict:
-    """Video AP (+ frame-level mAP when the metrics part provides it) of ``out_dir/results.json``; writes
-    ``out_dir/ap.json``."""
-    from vppkit.metrics.ytvis_ap import evaluate_video_ap
+    """Video AP and frame-level mAP_bbox / mAP_segm of ``out_dir/results.json``; writes ``out_dir/ap.json``."""
 
     out_dir = Path(out_dir)
     ap = evaluate_video_ap(gt_json, out_dir / "results.json")
-    try:
-        from vppkit.metrics.coco_frames import evaluate_frame_ap
-
-        ap.update(evaluate_frame_ap(gt_json, out_dir / "results.json"))
-    except ImportError:  # pragma: no cover
-        pass
+    ap.update(evaluate_frame_ap(gt_json, out_dir / "results.json"))
     atomic_write_json(out_dir / "ap.json", ap)
     return ap

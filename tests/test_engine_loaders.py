@@ -1,5 +1,6 @@
-"""Training batches read ahead by a DataLoader (``train.workers``): the same batches and the same trained weights
-with 0 or 2 worker processes, so the worker count is a speed setting outside every config hash."""
+"""Frames read ahead by DataLoader processes (``train.workers``, ``eval.workers``): the same training batches, the
+same trained weights and the same inference results with 0 or 2 workers, so the worker count is a speed setting
+outside every config hash."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from vppkit.config import config_hash, load_config
 from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
 from vppkit.engine.distributed import DistInfo
+from vppkit.engine.infer import frame_loader, infer_checkpoint
 from vppkit.engine.train import StepBatches, StepSampler, stage_config, step_loader, train, training_samples
 
 TINY = ["data.num_videos=3", "data.num_val_videos=1", "data.num_frames=6", "data.height=64", "data.width=64",
@@ -60,3 +62,25 @@ def test_trained_weights_do_not_depend_on_the_worker_count(cache):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len(hashes) == 1  # the worker count is not part of the config hash
     assert config_hash(load_config("smoke", base + ["train.sparse.steps=4"])) not in hashes
+
+
+def test_inference_results_do_not_depend_on_the_worker_count(cache):
+    cfg = load_config("smoke", TINY + ["train.dense.steps=2", "train.sparse.steps=2", "pruning.method=vpp"])
+    dense = train(cfg, "dense", out_dir=cache / "d", progress=False)
+    sparse = train(cfg, "sparse", out_dir=cache / "s", init=dense["checkpoint"], progress=False)
+    runs = [infer_checkpoint(sparse["checkpoint"], "train", cache / f"i{w}", progress=False, workers=w)
+            for w in (0, 2)]
+    a, b = runs
+    assert a["frames"] == b["frames"] > 6 and a["results"] == b["results"]
+    assert a["records"].keys() == b["records"].keys()
+    for vid in a["records"]:
+        assert torch.equal(a["records"][vid].masks, b["records"][vid].masks)
+    assert (cache / "i0" / "results.json").read_bytes() == (cache / "i2" / "results.json").read_bytes()
+    # the loader hands out every frame of every video once, in order
+    js, fr = resolve_split(cfg["data"], "train")
+    frames = VideoFrames(js, fr, 64)
+    direct = [frames.frame(vi, t) for vi in range(len(frames)) for t in range(frames.num_frames(vi))]
+    loaded = list(frame_loader(frames, len(frames), 2))
+    assert len(loaded) == len(direct) and all(torch.equal(x, y) for x, y in zip(direct, loaded))
+    with pytest.raises(ValueError, match="eval.workers"):
+        frame_loader(frames, 1, -1)
