@@ -121,6 +121,18 @@ def _vpp_small_loss(r: dict) -> tuple[bool | None, str]:
     return (all(verdicts) if verdicts else None), "; ".join(text)
 
 
+def _instances_matter_more(r: dict) -> tuple[bool | None, str]:
+    verdicts, text = [], []
+    for frac in sorted({x["fraction"] for x in r["rows"]}):
+        fg = _by(r["rows"], fraction=frac, condition="drop_instance")
+        bg = _by(r["rows"], fraction=frac, condition="drop_background")
+        if fg and bg:
+            verdicts.append(fg["AP"] < bg["AP"])
+            text.append(f"{100 * frac:.0f} % dropped: AP {_fmt(fg['AP'])} (instance) vs {_fmt(bg['AP'])} "
+                        "(background)")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
 CHECKS: dict[str, list[Check]] = {
     "fgs": [("FGS rises with depth (trained backbones)", "Fig. 2 / supp. §C: ~0.6 at x_0, rising almost linearly "
              "to layer 9", _fgs_rises)],
@@ -136,6 +148,9 @@ CHECKS: dict[str, list[Check]] = {
     "curves": [("VPP loses the least AP at equal goal PKR", "Fig. 4: VPP < SViT < DynamicViT", _ap_loss_order)],
     "results": [("VPP stays within 2 AP points of dense", "README table: −0.6 / −1.9 (S), +0.1 / −1.3 (T)",
                  _vpp_small_loss)],
+    "oracle": [("the dense model needs instance patches more than background ones (dropping them costs more AP)",
+                "premise of supp. §E (task loss biases the gates toward foreground); no experiment in the paper",
+                _instances_matter_more)],
 }
 
 

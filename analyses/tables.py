@@ -174,6 +174,30 @@ def cost_table(ctx: Context, result: dict) -> list[Entry]:
     return entries
 
 
+def oracle_table(ctx: Context, result: dict) -> list[Entry]:
+    df = pd.DataFrame(result["rows"])
+    dense = df[df.condition == "dense"].iloc[0]
+    wide = df[df.condition != "dense"].pivot_table(index="fraction", columns="condition", values="AP",
+                                                   sort=False).reset_index()
+    out = pd.DataFrame({
+        "dropped share of instance patches (%)": 100 * wide["fraction"],
+        "dense AP (%)": dense["AP"],
+        "AP, instance patches dropped (%)": wide["drop_instance"],
+        "AP, as many background patches dropped (%)": wide["drop_background"],
+    })
+    out["ΔAP instance − background"] = out.iloc[:, 2] - out.iloc[:, 3]
+    data = result["data"]
+    cap = (f"Trained dense model, no fine-tuning: the dropped patches skip every block from block {result['block']} "
+           "on (keep masks given from outside, drawn at random per frame; as many background as instance patches). "
+           "A negative Δ means the model needs its instance patches more (the premise of VPP supp. §E that task-"
+           "trained gates favour instances); a positive Δ means it needs the background more, and a task-trained "
+           f"gate will spend its budget there. {data['frames']} frames of {data['videos']} held-out videos; instance "
+           f"patches are {data['instance_patch_share']:.1f} % of all patches (rule '{data['patch_rule']}'). AP with "
+           "the 'mean' track score (as the selectors study), so the dense AP can differ from the results table. "
+           "Beyond the paper: it reports no such experiment. " + _ours_note(ctx, result))
+    return [_table_entry(ctx, out, "oracle_table", "Oracle pruning: instance vs background patches", cap, ".1f")]
+
+
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "fgs": fgs.table,
     "selectors": selectors.table,
@@ -184,4 +208,5 @@ TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "kappa": kappa_table,
     "curves": curves_table,
     "flops": cost_table,
+    "oracle": oracle_table,
 }

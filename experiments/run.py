@@ -31,6 +31,7 @@ ARTIFACTS: dict[str, str] = {
     "curves": "experiments.ap_vs_pkr",
     "qualitative": "experiments.qualitative",
     "selectors": "experiments.selectors",
+    "oracle": "experiments.oracle",
 }
 
 

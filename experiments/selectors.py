@@ -264,9 +264,18 @@ def subset_gt(ds: dict, videos: dict[int, list[int]]) -> dict:
 
 
 @torch.no_grad()
-def _predict_video(model, images: torch.Tensor, masks: torch.Tensor, vid: dict, category_ids: list[int],
+def predict_video(model, images: torch.Tensor, masks: torch.Tensor, vid: dict, category_ids: list[int],
                    ecfg: dict, batch: int) -> list[dict]:
-    """YouTube-VIS results of one (subsampled) video with a given keep schedule (B = frames, depth, N)."""
+    """YouTube-VIS results of one (subsampled) video run with a given keep schedule.
+
+    Args:
+        model: VIS model whose backbone has an :class:`~vppkit.models.pruning.base.ExternalMaskPruner`.
+        images: (T, 3, H, W) uint8 frames; masks: (T, depth, N) bool keep schedule of each frame.
+        vid: the video's dataset entry (original ``height`` / ``width`` px for the masks).
+        ecfg: ``eval`` settings (``top_k``, ``mask_threshold``, ``tracker_momentum``); tracks are scored with
+            :class:`~vppkit.models.vis.tracker.VideoTrackAccumulator`'s default ("mean").
+        batch: frames per forward (frames are independent: the external masks carry no temporal state).
+    """
     from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 
     h, w = int(vid["height"]), int(vid["width"])
@@ -437,7 +446,7 @@ def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
             if settings["ap"]:
                 t0 = time.perf_counter()
                 results.setdefault(key, []).extend(
-                    _predict_video(model, images, masks, vid, frames.category_ids, ecfg, settings["batch"]))
+                    predict_video(model, images, masks, vid, frames.category_ids, ecfg, settings["batch"]))
                 timing["inference"] += time.perf_counter() - t0
 
     gt = subset_gt(frames.ds, used) if settings["ap"] else None
