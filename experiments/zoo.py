@@ -76,7 +76,7 @@ def _run_dir(ctx: Context, name: str, run_cfg: dict) -> Path:
 
 def checkpoint(ctx: Context, name: str) -> Path:
     """Final checkpoint of variant ``name``, training it (and the dense model it starts from) if needed."""
-    from vppkit.engine.train import train
+    from vppkit.engine.train import train, training_config
 
     spec = variants()[name]
     cfg = copy.deepcopy(ctx.cfg)
@@ -87,7 +87,8 @@ def checkpoint(ctx: Context, name: str) -> Path:
         # the variant's own pruning section, plus the profile's per-method settings (``pruning_overrides``)
         extra = (cfg.get("pruning_overrides") or {}).get(spec["pruning"]["method"], {})
         cfg["pruning"] = {**extra, **spec["pruning"]}
-    run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
+    # named by what training reads (not by analysis settings such as fgs / selectors / oracle / eval)
+    run_cfg = {"config": training_config(cfg), "stage": stage, "init": str(init) if init else None}
     out = _run_dir(ctx, name, run_cfg)
     final = out / "model_final.pt"
     if final.exists() and not ctx.force:
@@ -136,7 +137,7 @@ def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
     from vppkit.metrics.pkr import PKRAccumulator
 
     out_dir = ctx.results_dir / "eval" / name
-    res = infer_checkpoint(ckpt, "val", out_dir, progress=True)
+    res = infer_checkpoint(ckpt, "val", out_dir, progress=True, eval_cfg=ctx.cfg.get("eval", {}))
     ap = evaluate_run(out_dir, res["gt_json"])
 
     cfg = ctx.cfg

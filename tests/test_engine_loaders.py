@@ -84,3 +84,12 @@ def test_inference_results_do_not_depend_on_the_worker_count(cache):
     assert len(loaded) == len(direct) and all(torch.equal(x, y) for x, y in zip(direct, loaded))
     with pytest.raises(ValueError, match="eval.workers"):
         frame_loader(frames, 1, -1)
+
+
+def test_inference_takes_the_callers_eval_settings(cache):
+    cfg = load_config("smoke", TINY + ["train.dense.steps=2", "eval.top_k=4"])
+    dense = train(cfg, "dense", out_dir=cache / "d", progress=False)
+    stored = infer_checkpoint(dense["checkpoint"], "train", None, progress=False)
+    given = infer_checkpoint(dense["checkpoint"], "train", None, progress=False, eval_cfg={"top_k": 1})
+    per_video = lambda res: max(sum(r["video_id"] == v for r in res["results"]) for v in res["records"])  # noqa: E731
+    assert per_video(stored) == 4 and per_video(given) == 1

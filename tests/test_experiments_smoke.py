@@ -109,3 +109,22 @@ def test_rerun_reuses_saved_results(smoke_run):
     ctx, results = smoke_run
     again = run_artifact(ctx, "results")
     assert again["provenance"]["time_utc"] == results["results"]["provenance"]["time_utc"]
+
+
+@pytest.mark.slow
+def test_analysis_settings_reuse_trained_models(smoke_run):
+    """Models are named by the sections training reads: a new analysis setting (selectors, oracle, fgs, eval) finds
+    the trained checkpoints; a training setting does not."""
+    from experiments import zoo
+    from vppkit.config import config_hash
+    from vppkit.engine.train import training_config
+
+    ctx, _ = smoke_run
+    changed = load_config("smoke", OVERRIDES + ["selectors.max_videos=3", "oracle.fractions=[0.25]", "eval.top_k=3",
+                                                "fgs.max_frames=2"])
+    ctx2 = Context(profile="smoke", cfg=changed, results_dir=ctx.results_dir, reports_dir=ctx.reports_dir)
+    before = {p: p.stat().st_mtime for p in (ctx.results_dir / "runs").glob("*/model_final.pt")}
+    assert zoo.checkpoint(ctx2, "vpp55") in before and zoo.checkpoint(ctx2, "dense") in before
+    assert {p: p.stat().st_mtime for p in (ctx.results_dir / "runs").glob("*/model_final.pt")} == before
+    retrain = load_config("smoke", OVERRIDES + ["train.dense.steps=7"])
+    assert config_hash(training_config(retrain)) != config_hash(training_config(ctx.cfg))

@@ -228,7 +228,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
 def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | Path | None = None, *,
                      frames_root: str | Path | None = None, dense: bool = False, noise: bool | None = None,
                      visualize: bool = False, max_videos: int | None = None, device: str = "cpu",
-                     progress: bool = True, workers: int | None = None) -> dict:
+                     progress: bool = True, workers: int | None = None, eval_cfg: dict | None = None) -> dict:
     """Load a checkpoint and run :func:`run_inference` on ``data``.
 
     Args:
@@ -237,6 +237,8 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         dense: build the backbone without the pruner (sparse checkpoints: the dense reference).
         noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``).
         workers: frame-reading processes (None: the config's ``eval.workers``, 0 when absent).
+        eval_cfg: ``eval`` settings to use (top_k, score, mask_threshold, tracker_momentum, inference_noise,
+            workers); None: the ones stored in the checkpoint's config (those it was trained under).
 
     Returns:
         :func:`run_inference`'s dict plus ``gt_json`` (the json that was run), ``noise`` and ``backbone`` (the
@@ -248,7 +250,7 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
 
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
-    ecfg = cfg.get("eval", {})
+    ecfg = cfg.get("eval", {}) if eval_cfg is None else eval_cfg
     noise = bool(ecfg.get("inference_noise", False)) if noise is None else bool(noise)
     pruning = None
     if ck.get("stage") == "sparse" and not dense:

@@ -61,6 +61,18 @@ STAGES = ("dense", "sparse")
 SAMPLE_UNITS = ("video", "frame")
 
 
+#: The profile sections a training run reads. Run folders are named by the hash of these only
+#: (:func:`training_config`), so changing an analysis setting (``eval``, ``fgs``, ``selectors``, ``oracle``, ...)
+#: reuses the trained models; inference takes its ``eval`` settings from the caller when given
+#: (:func:`vppkit.engine.infer.infer_checkpoint`).
+TRAINING_SECTIONS = ("seed", "data", "model", "loss", "train", "pruning")
+
+
+def training_config(cfg: dict) -> dict:
+    """The part of a resolved profile that determines a trained model (:data:`TRAINING_SECTIONS`)."""
+    return {k: cfg[k] for k in TRAINING_SECTIONS if k in cfg}
+
+
 def stage_config(cfg: dict, stage: str) -> dict:
     """``train`` section with the stage's overrides (``train.dense`` / ``train.sparse``) merged in."""
     if stage not in STAGES:
@@ -334,7 +346,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     Args:
         cfg: resolved profile (:func:`vppkit.config.load_config`).
         stage: "dense" or "sparse" (sparse needs ``pruning.method`` != none and usually ``init``).
-        out_dir: run folder (default ``cache_dir()/runs/<profile>-<stage>-<config hash>``).
+        out_dir: run folder (default ``cache_dir()/runs/<profile>-<stage>-<hash of training_config(cfg), stage,
+            init>``).
         init: checkpoint to start from (the dense model for the sparse stage).
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
         stop_at: stop after this many optimizer steps (simulates a killed run; the schedule still spans
@@ -359,7 +372,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         raise ValueError("stage 'sparse' needs pruning.method (vpp, svit, dynamicvit)")
     seed = int(cfg.get("seed", 0))
     run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
-    out = Path(out_dir) if out_dir else cache_dir() / "runs" / f"{cfg.get('profile', 'run')}-{stage}-{config_hash(run_cfg)}"
+    digest = config_hash({**run_cfg, "config": training_config(cfg)})
+    out = Path(out_dir) if out_dir else cache_dir() / "runs" / f"{cfg.get('profile', 'run')}-{stage}-{digest}"
 
     torch.manual_seed(seed)
     js, frames_root = resolve_split(cfg["data"], "train", progress=progress and info.is_main)
