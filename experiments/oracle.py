@@ -149,15 +149,10 @@ def compute(ctx: Context, checkpoint: Path, settings: dict) -> dict:
 def run(ctx: Context, checkpoint: str | Path | None = None) -> dict:
     """Compute (or reuse) the oracle-pruning result of profile ``ctx.profile`` with the shared dense model
     (``experiments.zoo.checkpoint(ctx, "dense")`` unless ``checkpoint`` is given)."""
-    settings = settings_for(ctx.cfg)
-    if checkpoint is None:
-        from experiments.zoo import checkpoint as zoo_checkpoint
+    from experiments.zoo import dense_analysis
 
-        checkpoint = zoo_checkpoint(ctx, "dense")
-    checkpoint = Path(checkpoint)
+    settings = settings_for(ctx.cfg)
+    checkpoint, config = dense_analysis(ctx, "oracle", settings, checkpoint)
     log.info("oracle: dropping %s of the instance patches (or as many background ones) from block %d on",
              settings["fractions"], settings["block"])
-    config = {"artifact": "oracle", "settings": settings, "checkpoint": str(checkpoint),
-              "checkpoint_mtime": checkpoint.stat().st_mtime, "data": ctx.cfg["data"], "model": ctx.cfg["model"],
-              "eval": ctx.cfg.get("eval", {})}
     return ctx.cached("oracle", config, lambda: compute(ctx, checkpoint, settings))

@@ -516,13 +516,8 @@ def run(ctx: Context, checkpoint: str | Path | None = None) -> dict:
     Returns:
         the saved result (see :func:`compute_study`), stamped by ``ctx.cached("selectors", ...)``.
     """
-    settings = study_settings(ctx.cfg)
-    if checkpoint is None:
-        from experiments.zoo import checkpoint as zoo_checkpoint
+    from experiments.zoo import dense_analysis
 
-        checkpoint = zoo_checkpoint(ctx, "dense")
-    checkpoint = Path(checkpoint)
-    config = {"artifact": "selectors", "settings": settings, "checkpoint": str(checkpoint),
-              "checkpoint_mtime": checkpoint.stat().st_mtime, "data": ctx.cfg["data"], "model": ctx.cfg["model"],
-              "eval": ctx.cfg.get("eval", {})}
+    settings = study_settings(ctx.cfg)
+    checkpoint, config = dense_analysis(ctx, "selectors", settings, checkpoint)
     return ctx.cached("selectors", config, lambda: compute_study(ctx, checkpoint, settings))

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from experiments.common import Context
-from vppkit.config import config_hash, img_size_hw
+from vppkit.config import img_size_hw
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -70,13 +70,9 @@ def variants() -> dict[str, dict]:
     return out
 
 
-def _run_dir(ctx: Context, name: str, run_cfg: dict) -> Path:
-    return ctx.results_dir / "runs" / f"{name}-{config_hash(run_cfg)}"
-
-
 def checkpoint(ctx: Context, name: str) -> Path:
     """Final checkpoint of variant ``name``, training it (and the dense model it starts from) if needed."""
-    from vppkit.engine.train import train, training_config
+    from vppkit.engine.train import run_key, train
 
     spec = variants()[name]
     cfg = copy.deepcopy(ctx.cfg)
@@ -88,8 +84,7 @@ def checkpoint(ctx: Context, name: str) -> Path:
         extra = (cfg.get("pruning_overrides") or {}).get(spec["pruning"]["method"], {})
         cfg["pruning"] = {**extra, **spec["pruning"]}
     # named by what training reads (not by analysis settings such as fgs / selectors / oracle / eval)
-    run_cfg = {"config": training_config(cfg), "stage": stage, "init": str(init) if init else None}
-    out = _run_dir(ctx, name, run_cfg)
+    out = ctx.results_dir / "runs" / f"{name}-{run_key(cfg, stage, init)}"
     final = out / "model_final.pt"
     if final.exists() and not ctx.force:
         return final
@@ -98,6 +93,17 @@ def checkpoint(ctx: Context, name: str) -> Path:
     log.info("training %s (%s stage) -> %s", name, stage, out)
     summary = train(cfg, stage=stage, out_dir=out, init=init, resume=not ctx.force, progress=True)
     return Path(summary["checkpoint"])
+
+
+def dense_analysis(ctx: Context, artifact: str, settings: dict, path: str | Path | None = None) -> tuple[Path, dict]:
+    """For an analysis run on the trained dense model (selectors, oracle): the checkpoint (``path``, or the shared
+    dense model, trained if needed) and the config its saved result depends on (settings, checkpoint and its
+    mtime, the profile's data / model / eval sections)."""
+    ckpt = Path(path) if path is not None else checkpoint(ctx, "dense")
+    config = {"artifact": artifact, "settings": settings, "checkpoint": str(ckpt),
+              "checkpoint_mtime": ckpt.stat().st_mtime, "data": ctx.cfg["data"], "model": ctx.cfg["model"],
+              "eval": ctx.cfg.get("eval", {})}
+    return ckpt, config
 
 
 def evaluate(ctx: Context, name: str) -> dict:

@@ -116,10 +116,11 @@ def frame_loader(frames: VideoFrames, n: int, workers: int = 0) -> Iterator[torc
     """
     if workers < 0:
         raise ValueError(f"eval.workers must be >= 0, got {workers}")
+    seq = _FrameSequence(frames, n)
     if workers == 0:
-        return (frames.frame(vi, t) for vi in range(n) for t in range(frames.num_frames(vi)))
-    return iter(torch.utils.data.DataLoader(_FrameSequence(frames, n), batch_size=None, shuffle=False,
-                                            num_workers=workers, prefetch_factor=4))
+        return (seq[i] for i in range(len(seq)))
+    return iter(torch.utils.data.DataLoader(seq, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=4))
 
 
 def _save_overlay(path: Path, img: torch.Tensor, out, perm: torch.Tensor, thr: float) -> None:

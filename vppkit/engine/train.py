@@ -73,6 +73,12 @@ def training_config(cfg: dict) -> dict:
     return {k: cfg[k] for k in TRAINING_SECTIONS if k in cfg}
 
 
+def run_key(cfg: dict, stage: str, init: str | Path | None = None) -> str:
+    """Hash naming a training run: :func:`training_config`, the stage and the init checkpoint (run folders of
+    :func:`train` and of the experiments' model zoo)."""
+    return config_hash({"config": training_config(cfg), "stage": stage, "init": str(init) if init else None})
+
+
 def stage_config(cfg: dict, stage: str) -> dict:
     """``train`` section with the stage's overrides (``train.dense`` / ``train.sparse``) merged in."""
     if stage not in STAGES:
@@ -346,8 +352,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     Args:
         cfg: resolved profile (:func:`vppkit.config.load_config`).
         stage: "dense" or "sparse" (sparse needs ``pruning.method`` != none and usually ``init``).
-        out_dir: run folder (default ``cache_dir()/runs/<profile>-<stage>-<hash of training_config(cfg), stage,
-            init>``).
+        out_dir: run folder (default ``cache_dir()/runs/<profile>-<stage>-<run_key(cfg, stage, init)>``).
         init: checkpoint to start from (the dense model for the sparse stage).
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
         stop_at: stop after this many optimizer steps (simulates a killed run; the schedule still spans
@@ -372,8 +377,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         raise ValueError("stage 'sparse' needs pruning.method (vpp, svit, dynamicvit)")
     seed = int(cfg.get("seed", 0))
     run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
-    digest = config_hash({**run_cfg, "config": training_config(cfg)})
-    out = Path(out_dir) if out_dir else cache_dir() / "runs" / f"{cfg.get('profile', 'run')}-{stage}-{digest}"
+    name = f"{cfg.get('profile', 'run')}-{stage}-{run_key(cfg, stage, init)}"
+    out = Path(out_dir) if out_dir else cache_dir() / "runs" / name
 
     torch.manual_seed(seed)
     js, frames_root = resolve_split(cfg["data"], "train", progress=progress and info.is_main)
