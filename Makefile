@@ -15,7 +15,7 @@ PROFILE ?= default
 DATA    ?=
 FORCE   ?= 0
 ARGS    ?=
-RUN     := $(PY) -m experiments.run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
+RUN     := $(PY) -m vppkit run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
 
 .PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle bench tables figures lock clean-results
 

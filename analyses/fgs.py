@@ -16,7 +16,7 @@ import seaborn as sns
 
 from analyses.paper_values import FGS_FIG2_DESCRIPTION, FGS_FIG2_INDEX0
 from analyses.render import save_figure, write_table
-from analyses.report import Entry, relative
+from analyses.render import Entry, relative
 from experiments.common import Context
 
 TITLE = "Foreground selectivity (FGS) per layer (VPP Fig. 2)"

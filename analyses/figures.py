@@ -14,7 +14,7 @@ import seaborn as sns
 
 from analyses import fgs, selectors
 from analyses.render import save_figure
-from analyses.report import Entry, relative
+from analyses.render import Entry, relative
 from experiments.common import Context
 
 sns.set_theme(style="whitegrid", context="paper")

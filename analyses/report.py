@@ -9,31 +9,15 @@ everything that was produced, with the provenance (profile, seed, commit, time) 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from experiments.common import REPORTS_ROOT, Context
+from analyses.figures import FIGURES
+from analyses.reading import write_reading
+from analyses.render import Entry
+from analyses.tables import TABLES
+from experiments.common import ARTIFACTS, REPORTS_ROOT, Context
 from vppkit.utils.io import atomic_write_json, atomic_write_text
-
-
-@dataclass
-class Entry:
-    """One rendered table or figure.
-
-    Attributes:
-        kind: "table" or "figure".
-        title: heading in the index (paper artifact name, e.g. "IoI by object size (Table 8)").
-        files: format -> path (md/csv/tex or png/pdf), relative to the profile's report folder.
-        caption: what is shown, with units; says which numbers are the paper's and which are ours.
-        inline: Markdown shown in the index (e.g. the table itself, or the figure image link).
-    """
-
-    kind: str
-    title: str
-    files: dict[str, str]
-    caption: str = ""
-    inline: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _manifest_path(ctx: Context) -> Path:
@@ -45,16 +29,8 @@ def _load_manifest(ctx: Context) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def relative(ctx: Context, paths: dict) -> dict[str, str]:
-    """Paths relative to the profile's report folder (for links in index.md)."""
-    return {fmt: str(Path(p).resolve().relative_to(ctx.reports_dir.resolve())) for fmt, p in paths.items()}
-
-
 def render_artifact(ctx: Context, name: str, result: dict, kinds: tuple[str, ...] = ("tables", "figures")) -> None:
     """Render one artifact's tables and/or figures and record them in the manifest."""
-    from analyses.figures import FIGURES
-    from analyses.tables import TABLES
-
     entries: list[Entry] = []
     if "tables" in kinds and name in TABLES:
         entries += TABLES[name](ctx, result)
@@ -69,8 +45,6 @@ def render_artifact(ctx: Context, name: str, result: dict, kinds: tuple[str, ...
 
 def render_saved(ctx: Context, kind: str) -> None:
     """Render ``kind`` ("tables" or "figures") for every artifact whose result is saved."""
-    from experiments.run import ARTIFACTS
-
     for name in ARTIFACTS:
         result = ctx.load_result(name)
         if result is not None:
@@ -178,10 +152,6 @@ def models_section(ctx: Context) -> list[str]:
 
 def write_index(ctx: Context) -> Path:
     """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``."""
-    from experiments.run import ARTIFACTS
-
-    from analyses.reading import write_reading
-
     write_reading(ctx)
     manifest = _load_manifest(ctx)
     lines = [f"# vppkit report — profile `{ctx.profile}`", "",

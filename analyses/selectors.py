@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from analyses.render import save_figure, write_table
-from analyses.report import Entry, relative
+from analyses.render import Entry, relative
 from experiments.common import Context
 
 FAMILY_ORDER = ("random", "uniform", "attention", "kcenter", "divprune", "spatial_kcenter")

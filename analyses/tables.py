@@ -13,7 +13,7 @@ import pandas as pd
 
 from analyses import fgs, selectors
 from analyses.render import write_table
-from analyses.report import Entry, relative
+from analyses.render import Entry, relative
 from experiments.common import Context
 
 

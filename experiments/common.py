@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from vppkit.config import config_hash, load_config
-from vppkit.utils.io import atomic_write_json
+from vppkit.utils.io import atomic_write_json, finite_or_none
 from vppkit.utils.provenance import REPO_ROOT, provenance
 
 log = logging.getLogger("vppkit.experiments")
@@ -26,20 +25,23 @@ RESULTS_ROOT = REPO_ROOT / "results"
 REPORTS_ROOT = REPO_ROOT / "reports"
 
 
-def finite_or_none(obj: Any) -> Any:
-    """Copy of ``obj`` with NaN / inf floats (undefined metrics, e.g. IoI_S without small instances) as None.
-
-    JSON has no NaN; results store "undefined" as null and tables show it as "--".
-    """
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
-        return finite_or_none(obj.item())
-    return obj
+#: Artifact name -> its module in ``experiments/`` (order = order of ``make reports``; the shared models are
+#: trained by the first artifact that needs them and reused by the others). Each module defines
+#: ``run(ctx) -> dict``; ``analyses`` renders the saved result under the same name.
+ARTIFACTS: dict[str, str] = {
+    "evtp": "experiments.evtp_flops",
+    "bench": "experiments.bench",
+    "flops": "experiments.cost",
+    "fgs": "experiments.fgs",
+    "results": "experiments.results_table",
+    "ioi": "experiments.ioi",
+    "density": "experiments.density",
+    "kappa": "experiments.kappa_ablation",
+    "curves": "experiments.ap_vs_pkr",
+    "qualitative": "experiments.qualitative",
+    "selectors": "experiments.selectors",
+    "oracle": "experiments.oracle",
+}
 
 
 @dataclass

@@ -14,7 +14,8 @@ import re
 import pytest
 
 from experiments.common import Context
-from experiments.run import ARTIFACTS, run_artifact
+from experiments.common import ARTIFACTS
+from vppkit.commands.run import run_artifact
 from vppkit.config import load_config
 
 OVERRIDES = [

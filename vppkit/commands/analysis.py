@@ -97,7 +97,7 @@ def _rule(text: str):
 
 
 def _write(out: Path, result: dict, table) -> None:
-    from experiments.common import finite_or_none
+    from vppkit.utils.io import finite_or_none
     from vppkit.utils.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out, finite_or_none(result))

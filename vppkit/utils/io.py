@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -81,3 +82,19 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, os.PathLike):
         return os.fspath(o)
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """Copy of ``obj`` with NaN / inf floats (undefined metrics, e.g. IoI_S without small instances) as None.
+
+    JSON has no NaN; results store "undefined" as null and tables show it as "--".
+    """
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # numpy / torch scalars
+        return finite_or_none(obj.item())
+    return obj
