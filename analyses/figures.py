@@ -13,9 +13,11 @@ import pandas as pd
 import seaborn as sns
 
 from analyses import fgs, selectors
-from analyses.render import save_figure
-from analyses.render import Entry, relative
+from analyses.paper_values import AP_LOSS_FIG4, AP_LOSS_FIG4_SOURCE, DENSITY_FIG5_DESCRIPTION
+from analyses.render import Entry, relative, save_figure
 from experiments.common import Context
+from vppkit.data.video import VideoFrames
+from vppkit.engine.infer import load_keep_records
 
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -58,8 +60,6 @@ def _ours_label(ctx: Context, result: dict) -> str:
 
 
 def density_figure(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import DENSITY_FIG5_DESCRIPTION
-
     df = pd.DataFrame(result["rows"])
     goals = sorted(df.goal_PKR.unique(), reverse=True)
     fig, axes = plt.subplots(1, len(goals), figsize=(5 * len(goals), 3.4), sharey=True)
@@ -84,8 +84,6 @@ def density_figure(ctx: Context, result: dict) -> list[Entry]:
 
 
 def curves_figure(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import AP_LOSS_FIG4, AP_LOSS_FIG4_SOURCE
-
     ours = pd.DataFrame(result["rows"])
     paper = pd.DataFrame(AP_LOSS_FIG4)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -113,9 +111,6 @@ def curves_figure(ctx: Context, result: dict) -> list[Entry]:
 
 def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
     import numpy as np
-
-    from vppkit.data.video import VideoFrames
-    from vppkit.engine.infer import load_keep_records
 
     frames = VideoFrames(result["gt_json"], None, ctx.cfg["model"]["img_size"], cache=False)
     vi, vid, ts, layers = result["video_index"], result["video_id"], result["frames"], result["layers"]

@@ -12,8 +12,17 @@ from typing import Callable
 import pandas as pd
 
 from analyses import fgs, selectors
-from analyses.render import write_table
-from analyses.render import Entry, relative
+from analyses.paper_values import (
+    AP_LOSS_FIG4,
+    AP_LOSS_FIG4_SOURCE,
+    IOI_TABLE8,
+    IOI_TABLE8_SOURCE,
+    KAPPA_TABLE7,
+    KAPPA_TABLE7_SOURCE,
+    RESULTS_README,
+    RESULTS_README_SOURCE,
+)
+from analyses.render import Entry, relative, write_table
 from experiments.common import Context
 
 
@@ -67,8 +76,6 @@ def _noise_note(rows: list[dict]) -> str:
 
 
 def results_table(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import RESULTS_README, RESULTS_README_SOURCE
-
     ours = pd.DataFrame(result["rows"])
     ours = ours.assign(source="ours")[["source", "model", "goal_PKR", "PKR", "AP_track", "mAP_bbox", "mAP_segm"]]
     dense = ours.iloc[0]
@@ -88,8 +95,6 @@ def results_table(ctx: Context, result: dict) -> list[Entry]:
 
 
 def ioi_table(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import IOI_TABLE8, IOI_TABLE8_SOURCE
-
     ours = pd.DataFrame(result["rows"]).assign(source="ours", dataset=ctx.profile)
     paper = pd.DataFrame(IOI_TABLE8).assign(source="paper")
     cols = ["source", "dataset", "goal_PKR", "method", "PKR", "IoI", "IoI_S", "IoI_M", "IoI_L"]
@@ -117,8 +122,6 @@ def density_table(ctx: Context, result: dict) -> list[Entry]:
 
 
 def kappa_table(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import KAPPA_TABLE7, KAPPA_TABLE7_SOURCE
-
     ours = pd.DataFrame(result["rows"]).assign(source="ours")
     paper = pd.DataFrame(KAPPA_TABLE7).assign(source="paper")
     cols = ["source", "kappa_init", "PKR", "AP", "mAP_segm", "IoI"]
@@ -131,8 +134,6 @@ def kappa_table(ctx: Context, result: dict) -> list[Entry]:
 
 
 def curves_table(ctx: Context, result: dict) -> list[Entry]:
-    from analyses.paper_values import AP_LOSS_FIG4, AP_LOSS_FIG4_SOURCE
-
     ours = pd.DataFrame(result["rows"]).assign(source="ours", dataset=ctx.profile)
     paper = pd.DataFrame(AP_LOSS_FIG4).assign(source="paper")
     cols = ["source", "dataset", "method", "PKR", "AP_loss"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from experiments import zoo
 from experiments.common import Context
+from vppkit.models.pruning.schedules import VPPSchedule
 
 VARIANTS = ("vpp55", "svit55", "dynamicvit55", "vpp40", "svit40", "dynamicvit40")
 
@@ -14,8 +15,6 @@ def run(ctx: Context) -> dict:
 
 
     def compute() -> dict:
-        from vppkit.models.pruning.schedules import VPPSchedule
-
         rows = []
         for v, e in evals.items():
             spec = zoo.variants()[v]

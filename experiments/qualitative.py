@@ -12,6 +12,9 @@ import torch
 
 from experiments import zoo
 from experiments.common import Context
+from vppkit.data.video import VideoFrames
+from vppkit.engine.infer import load_keep_records
+from vppkit.metrics.patch_labels import patch_labels
 
 VARIANTS = ("vpp55", "svit55", "vpp40")
 LAYERS = (1, 2, 4, 7, 10)  # paper layer numbers (block + 1): layer 2 shows the Map-SM mask M_1
@@ -33,10 +36,6 @@ def run(ctx: Context) -> dict:
     config = {**config, "layers": list(LAYERS), "num_frames": NUM_FRAMES}
 
     def compute() -> dict:
-        from vppkit.data.video import VideoFrames
-        from vppkit.engine.infer import load_keep_records
-        from vppkit.metrics.patch_labels import patch_labels
-
         first = next(iter(evals.values()))
         frames = VideoFrames(first["gt_json"], None, ctx.cfg["model"]["img_size"], cache=False)
         vi = _pick_video(frames)

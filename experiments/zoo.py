@@ -31,6 +31,16 @@ import torch
 
 from experiments.common import Context
 from vppkit.config import img_size_hw
+from vppkit.data.video import VideoFrames
+from vppkit.engine.infer import evaluate_run, infer_checkpoint
+from vppkit.engine.train import run_key, train
+from vppkit.flops.analytic import ViTSpec
+from vppkit.flops.measure import macs_from_records
+from vppkit.metrics.ioi import IoIAccumulator
+from vppkit.metrics.patch_labels import patch_labels
+from vppkit.metrics.pkr import PKRAccumulator
+from vppkit.models.pruning.svit import svit_targets_for_pkr
+from vppkit.models.vit import build_backbone
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -38,15 +48,11 @@ GOALS = (55, 40)
 
 
 def _svit_pruning(goal: int) -> dict:
-    from vppkit.models.pruning.svit import svit_targets_for_pkr
-
     targets, _ = svit_targets_for_pkr(goal / 100)
     return {"method": "svit", "targets": [round(t, 6) for t in targets]}
 
 
 def _dynamicvit_pruning(goal: int) -> dict:
-    from vppkit.models.pruning.svit import svit_targets_for_pkr
-
     # same layout as SViT (3 dense blocks, stages of 3 blocks at rho, rho^2, rho^3): same rho
     _, rho = svit_targets_for_pkr(goal / 100)
     return {"method": "dynamicvit", "rho": round(rho, 6)}
@@ -72,8 +78,6 @@ def variants() -> dict[str, dict]:
 
 def checkpoint(ctx: Context, name: str) -> Path:
     """Final checkpoint of variant ``name``, training it (and the dense model it starts from) if needed."""
-    from vppkit.engine.train import run_key, train
-
     spec = variants()[name]
     cfg = copy.deepcopy(ctx.cfg)
     if spec["pruning"] is None:
@@ -136,12 +140,6 @@ def evaluate_many(ctx: Context, artifact: str, names) -> tuple[dict, dict]:
 
 
 def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
-    from vppkit.data.video import VideoFrames
-    from vppkit.engine.infer import evaluate_run, infer_checkpoint
-    from vppkit.metrics.ioi import IoIAccumulator
-    from vppkit.metrics.patch_labels import patch_labels
-    from vppkit.metrics.pkr import PKRAccumulator
-
     out_dir = ctx.results_dir / "eval" / name
     res = infer_checkpoint(ckpt, "val", out_dir, progress=True, eval_cfg=ctx.cfg.get("eval", {}))
     ap = evaluate_run(out_dir, res["gt_json"])
@@ -187,10 +185,6 @@ def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
 def _macs(cfg: dict, records: list):
     """Analytic backbone GMACs averaged over the evaluated frames from their own per-block token counts
     (:func:`vppkit.flops.measure.macs_from_records`; pruner overhead = the records' mean overhead)."""
-    from vppkit.flops.analytic import ViTSpec
-    from vppkit.flops.measure import macs_from_records
-    from vppkit.models.vit import build_backbone
-
     size = cfg["model"]["img_size"]
     vit = build_backbone(cfg["model"]["arch"], img_size=img_size_hw(size)).vit
     return macs_from_records(ViTSpec.from_timm(vit, cfg["model"]["arch"]), records)

@@ -26,6 +26,27 @@ import json
 import sys
 from pathlib import Path
 
+from vppkit.config import load_config
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import VideoFrames
+from vppkit.engine.checkpoint import load_checkpoint
+from vppkit.engine.infer import load_keep_records
+from vppkit.metrics.fgs import split_by_video
+from vppkit.metrics.fgs_frames import (
+    FGSFramesConfig,
+    FrameSet,
+    dense_backbone,
+    fgs_on_frames,
+    format_layers,
+    imgfocus_backbone,
+    random_backbone,
+)
+from vppkit.metrics.ioi import IoIAccumulator
+from vppkit.metrics.patch_labels import patch_labels
+from vppkit.metrics.pkr import PKRAccumulator
+from vppkit.utils.io import atomic_write_json, atomic_write_text, finite_or_none
+from vppkit.utils.provenance import provenance
+
 SPLITS = ("train", "val")
 
 
@@ -97,9 +118,6 @@ def _rule(text: str):
 
 
 def _write(out: Path, result: dict, table) -> None:
-    from vppkit.utils.io import finite_or_none
-    from vppkit.utils.io import atomic_write_json, atomic_write_text
-
     atomic_write_json(out, finite_or_none(result))
     atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
 
@@ -113,21 +131,14 @@ def _error(msg: str) -> int:
 
 
 def _data_section(args: argparse.Namespace) -> dict:
-    from vppkit.config import load_config
-
     if args.profile:
         return load_config(args.profile)
     if args.checkpoint:
-        from vppkit.engine.checkpoint import load_checkpoint
-
         return load_checkpoint(args.checkpoint, map_location="cpu")["config"]
     return load_config("default")
 
 
 def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
-    from vppkit.data.splits import resolve_split
-    from vppkit.metrics.fgs_frames import FrameSet
-
     if spec in SPLITS:
         js, root = resolve_split(cfg_getter()["data"], spec)
         return FrameSet(js, frames or root, name=f"{spec} split")
@@ -140,11 +151,6 @@ def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
 def run_fgs_command(args: argparse.Namespace) -> int:
     """``vppkit fgs``: :func:`vppkit.metrics.fgs_frames.fgs_on_frames` on one backbone; JSON + CSV + table."""
     import pandas as pd
-
-    from vppkit.metrics.fgs import split_by_video
-    from vppkit.metrics.fgs_frames import (FGSFramesConfig, dense_backbone, fgs_on_frames, format_layers,
-                                           imgfocus_backbone, random_backbone)
-    from vppkit.utils.provenance import provenance
 
     cache: dict = {}
 
@@ -190,8 +196,6 @@ def run_fgs_command(args: argparse.Namespace) -> int:
 
 
 def _load_records(path: Path):
-    from vppkit.engine.infer import load_keep_records
-
     if not path.is_file():
         raise FileNotFoundError(f"records file {path} not found")
     records = load_keep_records(path)
@@ -219,11 +223,6 @@ def _input_size(args: argparse.Namespace, grid: tuple[int, int]) -> tuple[tuple[
 
 def run_ioi_command(args: argparse.Namespace) -> int:
     """``vppkit ioi``: IoI (overall, by size S/M/L, per block) of saved keep records against GT masks."""
-    from vppkit.data.video import VideoFrames
-    from vppkit.metrics.ioi import IoIAccumulator
-    from vppkit.metrics.patch_labels import patch_labels
-    from vppkit.utils.provenance import provenance
-
     try:
         rule = _rule(args.rule)
         records = _load_records(args.records)
@@ -272,9 +271,6 @@ def run_ioi_command(args: argparse.Namespace) -> int:
 def run_density_command(args: argparse.Namespace) -> int:
     """``vppkit density``: PKR and per-block density of saved keep records, all / first / later frames."""
     import torch
-
-    from vppkit.metrics.pkr import PKRAccumulator
-    from vppkit.utils.provenance import provenance
 
     try:
         records = _load_records(args.records)

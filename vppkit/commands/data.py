@@ -16,6 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from vppkit.data.davis import davis_to_ytvis
+from vppkit.data.synthetic import generate_synthetic, size_bin_stats
+from vppkit.data.ytvis import load_ytvis, save_ytvis
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` with its sub-commands ``synth``, ``davis``, ``validate``."""
@@ -55,9 +59,6 @@ def _counts(ds: dict) -> str:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from vppkit.data.synthetic import generate_synthetic, size_bin_stats
-    from vppkit.data.ytvis import load_ytvis
-
     try:
         path = generate_synthetic(args.out, num_videos=args.videos, seed=args.seed, num_frames=args.frames,
                                   height=args.size[0], width=args.size[1], image_format=args.format)
@@ -72,9 +73,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_davis(args: argparse.Namespace) -> int:
-    from vppkit.data.davis import davis_to_ytvis
-    from vppkit.data.ytvis import save_ytvis
-
     try:
         ds = davis_to_ytvis(args.root, args.split, res=args.res)
         save_ytvis(ds, args.out)
@@ -86,8 +84,6 @@ def run_davis(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from vppkit.data.ytvis import load_ytvis
-
     try:
         ds = load_ytvis(args.json, frames_root=args.frames)
     except (OSError, ValueError) as e:

@@ -15,6 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from vppkit.metrics._ytvis_eval import EvalInputError, parse_gt
+from vppkit.metrics.coco_frames import evaluate_frame_ap
+from vppkit.metrics.ytvis_ap import evaluate_video_ap
+from vppkit.utils.io import atomic_write_json
+from vppkit.utils.provenance import provenance
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval-ytvis`` sub-command."""
@@ -42,10 +48,6 @@ def format_table(metrics: dict[str, float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, optionally write json; returns 0, or 2 on bad input (message on stderr)."""
-    from vppkit.metrics._ytvis_eval import EvalInputError, parse_gt
-    from vppkit.metrics.coco_frames import evaluate_frame_ap
-    from vppkit.metrics.ytvis_ap import evaluate_video_ap
-
     try:
         gt = parse_gt(args.gt)  # parsed once, shared by both metrics
         metrics = evaluate_video_ap(gt, args.results, verbose=args.verbose)
@@ -57,9 +59,6 @@ def run(args: argparse.Namespace) -> int:
     print("YouTube-VIS video AP (%)" + (" + frame-level COCO AP" if args.frames else ""))
     print(format_table(metrics))
     if args.json is not None:
-        from vppkit.utils.io import atomic_write_json
-        from vppkit.utils.provenance import provenance
-
         payload = dict(metrics)
         payload["units"] = "fraction in [0, 1]; -1 = undefined (no ground truth)"
         payload["gt"] = str(args.gt)

@@ -20,11 +20,24 @@ import json
 import sys
 from pathlib import Path
 
+from vppkit.flops.analytic import ARCHS, METHODS, backbone_macs, get_spec, method_schedule
+from vppkit.flops.instructseg import (
+    BENCHMARKS,
+    KEEP_TOKENS,
+    PAPER_REPORTED,
+    FlopsOptions,
+    evtp_breakdown_long,
+    evtp_flops_table,
+    get_benchmark,
+    named_interpretation,
+    paper_comparison,
+)
+from vppkit.flops.measure import measure_schedule_macs
+from vppkit.utils.io import atomic_write_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``flops`` and ``evtp-flops`` sub-commands."""
-    from vppkit.flops.analytic import ARCHS, METHODS
-
     p = subparsers.add_parser("flops", help="GMACs of a ViT backbone under a pruning method's token schedule",
                               description="GMACs (1 multiply-add = 1) of a ViT backbone for one frame, pruner "
                                           "overhead shown separately.")
@@ -89,8 +102,6 @@ def _render(df, fmt: str, header: list[str], meta: dict) -> str:
 def _emit(text: str, out: Path | None) -> None:
     sys.stdout.write(text)
     if out is not None:
-        from vppkit.utils.io import atomic_write_text
-
         atomic_write_text(out, text)
 
 
@@ -112,8 +123,6 @@ def flops_table(args: argparse.Namespace):
     """Compute the ``vppkit flops`` result. Returns (summary DataFrame, per-block DataFrame, header lines, meta)."""
     import pandas as pd
 
-    from vppkit.flops.analytic import backbone_macs, get_spec, method_schedule
-
     spec = get_spec(args.arch)
     size = tuple(args.img_size) if len(args.img_size) == 2 else (args.img_size[0], args.img_size[0])
     if len(args.img_size) > 2:
@@ -131,8 +140,6 @@ def flops_table(args: argparse.Namespace):
         dense = backbone_macs(spec, dense_sched, include_head=args.include_head).backbone
     else:
         import timm
-
-        from vppkit.flops.measure import measure_schedule_macs
 
         vit = timm.create_model(spec.timm_name, pretrained=False, img_size=size,
                                 num_classes=spec.num_classes if args.include_head else 0)
@@ -178,8 +185,6 @@ def evtp_options(args: argparse.Namespace):
     """FlopsOptions from the parsed arguments (named interpretation first, explicit options override it)."""
     from dataclasses import replace
 
-    from vppkit.flops.instructseg import FlopsOptions, named_interpretation
-
     opts = named_interpretation(args.interpretation) if args.interpretation else FlopsOptions()
     overrides = {k: getattr(args, k) for k in ("video_tokens_in_sequence", "vision_passes", "temporal_on_images",
                                                "temporal_frames", "t_eff", "prune_at_full_keep", "prune_per_frame",
@@ -189,16 +194,6 @@ def evtp_options(args: argparse.Namespace):
 
 def run_evtp_flops(args: argparse.Namespace) -> int:
     """``vppkit evtp-flops``: print the TFLOPs table; returns 0, or 2 on bad input."""
-    from vppkit.flops.instructseg import (
-        BENCHMARKS,
-        KEEP_TOKENS,
-        PAPER_REPORTED,
-        evtp_breakdown_long,
-        evtp_flops_table,
-        get_benchmark,
-        paper_comparison,
-    )
-
     try:
         opts = evtp_options(args)
         benches = [get_benchmark(b) for b in args.benchmarks] if args.benchmarks else list(BENCHMARKS)

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vppkit.engine.infer import evaluate_run, infer_checkpoint
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``infer`` sub-command."""
@@ -37,8 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppkit.engine.infer import evaluate_run, infer_checkpoint
-
     summary = infer_checkpoint(args.checkpoint, args.data, args.out, frames_root=args.frames, dense=args.dense,
                                noise=args.noise, visualize=args.visualize, max_videos=args.max_videos,
                                device=args.device, workers=args.workers)

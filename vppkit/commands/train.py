@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from vppkit.config import load_config
+from vppkit.engine.train import train
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
@@ -29,9 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vppkit.config import load_config
-    from vppkit.engine.train import train
-
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, args.stage, out_dir=args.out, init=args.init, resume=args.resume, device=args.device,
                     progress=not args.no_progress)

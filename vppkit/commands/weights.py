@@ -12,6 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from vppkit.utils.io import atomic_write_json
+from vppkit.utils.paths import davis_root
+from vppkit.utils.provenance import provenance
+from vppkit.weights import imgfocus
+
 DAVIS_PARITY_SEQUENCES = ("bear", "blackswan", "car-turn", "dog")
 
 
@@ -30,11 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_imgfocus(args: argparse.Namespace) -> int:
-    from vppkit.utils.io import atomic_write_json
-    from vppkit.utils.paths import davis_root
-    from vppkit.utils.provenance import provenance
-    from vppkit.weights import imgfocus
-
     try:
         out = imgfocus.convert_imgfocus(args.out, tuple(args.img_size))
     except (imgfocus.ImgFocusError, ValueError) as err:

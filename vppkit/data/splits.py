@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vppkit.config import config_hash
+from vppkit.data.davis import davis_to_ytvis
+from vppkit.data.synthetic import GENERATOR_VERSION, JSON_NAME, generate_synthetic
 from vppkit.data.ytvis import save_ytvis
 from vppkit.utils.paths import cache_dir, davis_root
 
@@ -27,8 +29,6 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
     """
     source = dcfg.get("source", "synthetic")
     if source == "synthetic":
-        from vppkit.data.synthetic import GENERATOR_VERSION, JSON_NAME, generate_synthetic
-
         key = "num_videos" if split == "train" else "num_val_videos"
         args = dict(num_videos=int(dcfg.get(key, dcfg.get("num_videos", 4))),
                     seed=int(dcfg.get("seed", 0) if split == "train" else dcfg.get("val_seed", 1000)),
@@ -41,8 +41,6 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
             generate_synthetic(out, progress=progress, **args)
         return js, out / "JPEGImages"
     if source == "davis":
-        from vppkit.data.davis import davis_to_ytvis
-
         root = Path(dcfg.get("root") or davis_root())
         if not (root / "JPEGImages").is_dir():
             raise FileNotFoundError(f"DAVIS folder {root} has no JPEGImages/ (set data.root or DATA=...)")

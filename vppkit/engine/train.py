@@ -54,6 +54,7 @@ from vppkit.engine.distributed import DistInfo, init_distributed
 from vppkit.models.vis.losses import SetCriterion
 from vppkit.models.vis.model import build_vis_model
 from vppkit.utils.io import atomic_path, atomic_write_json
+from vppkit.utils.paths import cache_dir
 
 log = logging.getLogger("vppkit.train")
 
@@ -367,8 +368,6 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     Raises:
         ValueError: bad stage, a sparse stage without a pruner, incompatible ``init``.
     """
-    from vppkit.utils.paths import cache_dir
-
     info = init_distributed(device)
     tcfg = stage_config(cfg, stage)
     sparse = stage == "sparse"

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from vppkit.data.ytvis import load_ytvis
+
 RLE = dict  # compressed RLE: {"size": [H, W], "counts": bytes}
 
 
@@ -136,8 +138,6 @@ def load_gt_dict(gt: dict | str | os.PathLike) -> tuple[dict, str]:
     if isinstance(gt, dict):
         return gt, "<gt dict>"
     if isinstance(gt, (str, os.PathLike)):
-        from vppkit.data.ytvis import load_ytvis
-
         return load_ytvis(gt), str(gt)
     raise EvalInputError(f"ground truth must be a dict or a path, got {type(gt).__name__}")
 

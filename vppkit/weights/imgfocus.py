@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vppkit.utils.io import atomic_path
+from vppkit.utils.paths import cache_dir as _cache_dir
 
 #: Name of the converted checkpoint in vppkit (deliberately not "dinov2": provenance is unknown, recipe §6.4).
 NAME = "imgfocus_vits14"
@@ -487,8 +488,6 @@ def ensure_imgfocus_checkpoint(cache_dir: str | os.PathLike | None = None,
         ImgFocusError / ValueError: as :func:`convert_imgfocus`.
     """
     if cache_dir is None:
-        from vppkit.utils.paths import cache_dir as _cache_dir
-
         cache_dir = _cache_dir() / "weights"
     path = Path(cache_dir) / checkpoint_name(img_size)
     if path.is_file():
