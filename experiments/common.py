@@ -13,26 +13,26 @@ saved results the artifact is built from (evaluations, the trained models throug
 report index (:func:`analyses.report.write_index`) can tell a stale result from its own record alone.
 Packages are named, not files, so files may move inside a package; a name that no longer exists raises.
 
-============================================  ====================================================================
-result                                        code (packages / modules) its key includes
-============================================  ====================================================================
-``eval_<variant>`` (:func:`experiments.zoo.   :data:`MODEL_CODE` + ``experiments.zoo``
-evaluate`)
-``results``, ``ioi``, ``density``,            :data:`MODEL_CODE` + ``experiments.zoo`` + the experiment module
-``kappa``, ``curves``, ``qualitative``,       (``experiments.results_table``, ``.ioi``, ``.density``,
-``fgs``, ``selectors``                        ``.kappa_ablation``, ``.ap_vs_pkr``, ``.qualitative``, ``.fgs``,
-                                              ``.selectors``)
-``oracle``                                    the same + ``experiments.selectors`` (shared helpers)
-``flops``                                     the same + the benchmark's code (``vppkit.bench``,
-                                              ``experiments.bench``; it shows the benchmark's rows)
-``bench`` (shared, ``results/bench/``)        ``vppkit.models``, ``vppkit.flops``, ``vppkit.bench``,
-                                              ``experiments.bench``
-``evtp``                                      ``vppkit.flops``, ``experiments.evtp_flops``
-any other name                                :data:`MODEL_CODE` + ``experiments.zoo`` + the module defining
-                                              ``compute``
-============================================  ====================================================================
+====================  ==============================================================================================
+result                code (packages / modules) its key includes
+====================  ==============================================================================================
+``eval_<variant>``    M, ``experiments.zoo`` (:func:`experiments.zoo.evaluate`)
+``results``           M, ``experiments.zoo``, ``experiments.results_table``
+``ioi``               M, ``experiments.zoo``, ``experiments.ioi``
+``density``           M, ``experiments.zoo``, ``experiments.density``
+``kappa``             M, ``experiments.zoo``, ``experiments.kappa_ablation``
+``curves``            M, ``experiments.zoo``, ``experiments.ap_vs_pkr``
+``qualitative``       M, ``experiments.zoo``, ``experiments.qualitative``
+``fgs``               M, ``experiments.zoo``, ``experiments.fgs``
+``selectors``         M, ``experiments.zoo``, ``experiments.selectors``
+``oracle``            M, ``experiments.zoo``, ``experiments.selectors``, ``experiments.oracle``
+``flops``             M, ``experiments.zoo``, ``experiments.cost`` + the benchmark's code (it shows its rows)
+``bench``             ``vppkit.models``, ``vppkit.flops``, ``vppkit.bench``, ``experiments.bench`` (shared result)
+``evtp``              ``vppkit.flops``, ``experiments.evtp_flops``
+any other name        M, ``experiments.zoo``, the module that defines ``compute``
+====================  ==============================================================================================
 
-:data:`MODEL_CODE` = ``vppkit.data``, ``vppkit.models``, ``vppkit.weights``, ``vppkit.engine``,
+M = :data:`MODEL_CODE` = ``vppkit.data``, ``vppkit.models``, ``vppkit.weights``, ``vppkit.engine``,
 ``vppkit.metrics``, ``vppkit.flops``: everything that turns data and a trained model into numbers. Trained models
 are keyed separately, by the training code only (:data:`vppkit.engine.train.TRAINING_CODE`), so they stay
 reusable when analysis code (metrics, experiments, analyses) changes. Rendering code (``analyses``) is in no

@@ -152,6 +152,8 @@ def test_result_code_per_artifact():
     def compute():
         return {}
 
+    for name in common.RESULT_CODE:  # the docstring's table lists every entry
+        assert f"``{'eval_<variant>' if name == 'eval' else name}``" in common.__doc__, name
     unknown = result_code("not_in_table", compute)
     assert compute.__module__ in unknown and "vppkit.metrics" in unknown  # too much rather than too little
 
