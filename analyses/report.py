@@ -3,7 +3,9 @@
 Renderers (``analyses.tables.TABLES`` and ``analyses.figures.FIGURES``) map an artifact name to a function
 ``fn(ctx, result) -> list[Entry]``; each entry is one table or figure with its files and a caption. The
 entries of every rendered artifact are kept in ``reports/<profile>/manifest.json`` so the index links
-everything that was produced, with the provenance (profile, seed, commit, time) of the result behind it.
+everything that was produced, with the provenance (profile, seed, commit, time) and code version of the result
+behind it. The index flags results computed by another commit than ``HEAD``, with uncommitted changes, or by code
+that has changed since (possible after `make tables` on old results; `make reports` recomputes those).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from analyses.render import Entry
 from analyses.tables import TABLES
 from experiments.common import ARTIFACTS, REPORTS_ROOT, Context
 from vppkit.utils.io import atomic_write_json, atomic_write_text
+from vppkit.utils.provenance import code_changed, git_commit, same_commit
 
 
 def _manifest_path(ctx: Context) -> Path:
@@ -39,7 +42,8 @@ def render_artifact(ctx: Context, name: str, result: dict, kinds: tuple[str, ...
     manifest = _load_manifest(ctx)
     kept = [e for e in manifest.get(name, {}).get("entries", [])
             if (e["kind"] == "table" and "tables" not in kinds) or (e["kind"] == "figure" and "figures" not in kinds)]
-    manifest[name] = {"entries": kept + [asdict(e) for e in entries], "provenance": result.get("provenance", {})}
+    manifest[name] = {"entries": kept + [asdict(e) for e in entries], "provenance": result.get("provenance", {}),
+                      "code_version": result.get("code_version"), "code": result.get("code")}
     atomic_write_json(_manifest_path(ctx), manifest)
 
 
@@ -150,16 +154,82 @@ def models_section(ctx: Context) -> list[str]:
     return lines
 
 
+def result_flags(info: dict, head: str) -> list[str]:
+    """Why a rendered result (its manifest entry: ``provenance``, ``code_version``, ``code``) may not be what the
+    current code computes; empty when it is current.
+
+    Args:
+        info: the artifact's manifest entry (:func:`render_artifact`).
+        head: the current commit (:func:`vppkit.utils.provenance.git_commit`, maybe with ``+dirty``).
+
+    Returns:
+        Markdown phrases: computed by another commit than ``head``; computed with uncommitted changes; code
+        version missing or different from today's sources (:func:`vppkit.utils.provenance.code_changed`).
+    """
+    commit = info.get("provenance", {}).get("commit")
+    flags = []
+    if head.startswith("unknown"):
+        flags.append("the current commit is unknown (no git checkout), so the result's commit cannot be checked")
+    elif not same_commit(commit, head):
+        flags.append(f"computed by commit `{commit}`, not the current `{head.split('+')[0]}` (HEAD)")
+    elif "+dirty" in str(commit):
+        flags.append(f"computed with uncommitted changes on top of `{commit.split('+')[0]}`")
+    reason = code_changed(info)
+    if reason:
+        flags.append(reason)
+    return flags
+
+
+def provenance_section(ctx: Context, manifest: dict, head: str, order: list[str] = ()) -> list[str]:
+    """Markdown lines: for each rendered result (manifest entry; ``order`` first, then the rest sorted), the
+    commit and time that computed it, its code version and whether it is current (:func:`result_flags`), with a
+    warning line when any is not. Empty when nothing was rendered."""
+    rows, stale, other = [], [], []
+    for name in [n for n in order if n in manifest] + sorted(set(manifest) - set(order)):
+        info = manifest[name]
+        prov = info.get("provenance", {})
+        flags = result_flags(info, head)
+        if code_changed(info):
+            stale.append(name)
+        elif flags:
+            other.append(name)
+        rows.append(f"| {name} | `{prov.get('commit')}` | {prov.get('time_utc', '')} | `{info.get('code_version')}` "
+                    f"| {'; '.join(f'**{f}**' for f in flags) or 'current'} |")
+    if not rows:
+        return []
+    dirty = " (with uncommitted changes)" if "+dirty" in head else ""
+    lines = ["## Provenance of the results", "",
+             f"Current commit: `{head.split('+')[0]}` (HEAD){dirty}. A result is *current* when the current commit "
+             "computed it and the code its key includes (`experiments.common.RESULT_CODE`) is unchanged.", "",
+             "| result | computed by commit | time (UTC) | code version | status |", "|---|---|---|---|---|", *rows, ""]
+    if stale:
+        lines += [f"**Warning:** {', '.join(stale)}: the code behind {'this result' if len(stale) == 1 else 'these'} "
+                  "changed since it was computed (or was not recorded), so the numbers may differ from what the "
+                  f"current code computes; `make reports PROFILE={ctx.profile}` recomputes them.", ""]
+    if other:
+        lines += [f"**Note:** {', '.join(other)}: computed by another commit than HEAD (or with uncommitted changes); "
+                  "the code their keys include is unchanged, so the current code reuses them (`FORCE=1` recomputes).",
+                  ""]
+    return lines
+
+
 def write_index(ctx: Context) -> Path:
-    """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``."""
+    """Write ``reports/<profile>/index.md`` (every table and figure) and the top-level ``reports/index.md``.
+
+    The index opens with the setup, the models' backbones and the provenance of every rendered result
+    (:func:`provenance_section`); under each artifact a line names the run that computed it and, in bold, any
+    flag of :func:`result_flags`.
+    """
     write_reading(ctx)
     manifest = _load_manifest(ctx)
+    head = git_commit(short=False)
     lines = [f"# vppkit report — profile `{ctx.profile}`", "",
              "Every number below was computed by the run named under it (profile, seed, commit, time), "
              "except values labelled **paper**, which are quoted from the source documents.", ""]
     lines += ["See also: [reading of the results](reading.md) (which of the paper's trends hold in this run).", ""]
     lines += setup_section(ctx)
     lines += models_section(ctx)
+    lines += provenance_section(ctx, manifest, head, list(ARTIFACTS))
     for name in ARTIFACTS:
         if name not in manifest:
             continue
@@ -172,6 +242,9 @@ def write_index(ctx: Context) -> Path:
             if e.get("caption"):
                 lines += [e["caption"], ""]
         lines += [f"<sub>{name}: {_provenance_line(info.get('provenance', {}))}</sub>", ""]
+        flags = result_flags(info, head)
+        if flags:
+            lines += [f"**Warning ({name}):** " + "; ".join(flags) + ".", ""]
     path = atomic_write_text(ctx.reports_dir / "index.md", "\n".join(lines))
     _write_top_index(ctx.reports_dir.parent)
     return path

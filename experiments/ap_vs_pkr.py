@@ -4,7 +4,7 @@ VPP, SViT and DynamicViT at goal PKR 55 % and 40 %."""
 from __future__ import annotations
 
 from experiments import zoo
-from experiments.common import Context
+from experiments.common import Context, result_ref
 
 VARIANTS = ("vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40")
 
@@ -12,7 +12,7 @@ VARIANTS = ("vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40"
 def run(ctx: Context) -> dict:
     dense = zoo.evaluate(ctx, "dense")
     evals, config = zoo.evaluate_many(ctx, "curves", VARIANTS)
-    config["dense"] = dense["config_hash"]
+    config["dense"] = result_ref(dense)
 
     def compute() -> dict:
         rows = []

@@ -1,9 +1,42 @@
 """What every experiment shares: the run context and saved-result reuse.
 
 An experiment computes a result dict from a config. :meth:`Context.cached` stores it as
-``results/<profile>/<name>.json`` together with the config, its hash and the provenance (profile, seed,
-commit, time), and returns the saved result instead of recomputing when the config is unchanged
-(``FORCE=1`` / ``--force`` recomputes). Reports read only these files.
+``results/<profile>/<name>.json`` together with the config, its hash, the version of the code it depends on and
+the provenance (profile, seed, commit, time), and returns the saved result instead of recomputing when both the
+config hash and the code version are unchanged (``FORCE=1`` / ``--force`` recomputes). Reports read only these
+files.
+
+Code versions (:func:`vppkit.utils.provenance.code_version`) are content hashes of the source of the packages a
+result depends on, listed below (:data:`RESULT_CODE`). A fix to a metric, the evaluator or an experiment thus
+recomputes every result it can change, and nothing else. Each list is transitive: it includes the code of the
+saved results the artifact is built from (evaluations, the trained models through ``vppkit.engine``), so the
+report index (:func:`analyses.report.write_index`) can tell a stale result from its own record alone.
+Packages are named, not files, so files may move inside a package; a name that no longer exists raises.
+
+====================  ==============================================================================================
+result                code (packages / modules) its key includes
+====================  ==============================================================================================
+``eval_<variant>``    M, ``experiments.zoo`` (:func:`experiments.zoo.evaluate`)
+``results``           M, ``experiments.zoo``, ``experiments.results_table``
+``ioi``               M, ``experiments.zoo``, ``experiments.ioi``
+``density``           M, ``experiments.zoo``, ``experiments.density``
+``kappa``             M, ``experiments.zoo``, ``experiments.kappa_ablation``
+``curves``            M, ``experiments.zoo``, ``experiments.ap_vs_pkr``
+``qualitative``       M, ``experiments.zoo``, ``experiments.qualitative``
+``fgs``               M, ``experiments.zoo``, ``experiments.fgs``
+``selectors``         M, ``experiments.zoo``, ``experiments.selectors``
+``oracle``            M, ``experiments.zoo``, ``experiments.selectors``, ``experiments.oracle``
+``flops``             M, ``experiments.zoo``, ``experiments.cost`` + the benchmark's code (it shows its rows)
+``bench``             ``vppkit.models``, ``vppkit.flops``, ``vppkit.bench``, ``experiments.bench`` (shared result)
+``evtp``              ``vppkit.flops``, ``experiments.evtp_flops``
+any other name        M, ``experiments.zoo``, the module that defines ``compute``
+====================  ==============================================================================================
+
+M = :data:`MODEL_CODE` = ``vppkit.data``, ``vppkit.models``, ``vppkit.weights``, ``vppkit.engine``,
+``vppkit.metrics``, ``vppkit.flops``: everything that turns data and a trained model into numbers. Trained models
+are keyed separately, by the training code only (:data:`vppkit.engine.train.TRAINING_CODE`), so they stay
+reusable when analysis code (metrics, experiments, analyses) changes. Rendering code (``analyses``) is in no
+key: `make tables` re-renders every time.
 """
 
 from __future__ import annotations
@@ -17,12 +50,53 @@ from typing import Any, Callable
 
 from vppkit.config import config_hash, load_config
 from vppkit.utils.io import atomic_write_json, finite_or_none
-from vppkit.utils.provenance import REPO_ROOT, provenance
+from vppkit.utils.provenance import REPO_ROOT, code_stamp, provenance
 
 log = logging.getLogger("vppkit.experiments")
 
 RESULTS_ROOT = REPO_ROOT / "results"
 REPORTS_ROOT = REPO_ROOT / "reports"
+
+#: Packages that turn data and a trained model into numbers (inference, metrics, cost); see the module docstring.
+MODEL_CODE: tuple[str, ...] = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine", "vppkit.metrics",
+                               "vppkit.flops")
+_FROM_MODELS = MODEL_CODE + ("experiments.zoo",)
+_BENCH_CODE = ("vppkit.models", "vppkit.flops", "vppkit.bench", "experiments.bench")
+
+#: Result name -> the code its cache key includes (module docstring: the table and why). ``eval_<variant>``
+#: results use the entry ``eval``.
+RESULT_CODE: dict[str, tuple[str, ...]] = {
+    "eval": _FROM_MODELS,
+    "results": _FROM_MODELS + ("experiments.results_table",),
+    "ioi": _FROM_MODELS + ("experiments.ioi",),
+    "density": _FROM_MODELS + ("experiments.density",),
+    "kappa": _FROM_MODELS + ("experiments.kappa_ablation",),
+    "curves": _FROM_MODELS + ("experiments.ap_vs_pkr",),
+    "qualitative": _FROM_MODELS + ("experiments.qualitative",),
+    "fgs": _FROM_MODELS + ("experiments.fgs",),
+    "selectors": _FROM_MODELS + ("experiments.selectors",),
+    "oracle": _FROM_MODELS + ("experiments.selectors", "experiments.oracle"),
+    "flops": _FROM_MODELS + _BENCH_CODE + ("experiments.cost",),
+    "bench": _BENCH_CODE,
+    "evtp": ("vppkit.flops", "experiments.evtp_flops"),
+}
+
+
+def result_code(name: str, compute: Callable | None = None) -> tuple[str, ...]:
+    """The packages / modules whose source keys result ``name`` (:data:`RESULT_CODE`; ``eval_<variant>`` ->
+    ``eval``). A name not in the table gets :data:`MODEL_CODE`, ``experiments.zoo`` and the module that defines
+    ``compute`` (when known): too much rather than too little."""
+    key = "eval" if name.startswith("eval_") else name
+    if key in RESULT_CODE:
+        return RESULT_CODE[key]
+    module = getattr(compute, "__module__", None)
+    return _FROM_MODELS + ((module,) if module and module != "__main__" else ())
+
+
+def result_ref(result: dict) -> dict:
+    """What a result built from another saved result records about it: ``{"config_hash", "code_version"}`` (the
+    input changes when either does)."""
+    return {"config_hash": result.get("config_hash"), "code_version": result.get("code_version")}
 
 
 #: Artifact name -> its module in ``experiments/`` (order = order of ``make reports``; the shared models are
@@ -92,22 +166,38 @@ class Context:
         path = self.result_path(name)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def cached(self, name: str, config: dict, compute: Callable[[], dict]) -> dict:
-        """Return the saved result ``name`` if it was made from ``config``; else compute, stamp and save it.
+    def cached(self, name: str, config: dict, compute: Callable[[], dict],
+               code: tuple[str, ...] | None = None) -> dict:
+        """Return the saved result ``name`` if it was made from ``config`` by the current code; else compute,
+        stamp and save it.
 
         Args:
             name: result name (file ``results/<profile>/<name>.json``).
             config: everything the result depends on (JSON-serialisable); its hash decides reuse.
             compute: function returning the result dict (JSON-serialisable).
+            code: packages / modules whose source the result depends on (default :func:`result_code`); their
+                :func:`~vppkit.utils.provenance.code_version` must match the saved one too.
+
+        Returns:
+            the result dict plus ``config``, ``config_hash``, ``code_version``, ``code`` (the names hashed) and
+            ``provenance`` (:meth:`provenance`, with ``seconds`` of compute time).
+
+        Raises:
+            ModuleNotFoundError: a name in ``code`` cannot be found.
         """
         digest = config_hash(config)
+        stamp = code_stamp(code if code is not None else result_code(name, compute))
         saved = self.load_result(name)
-        if saved is not None and not self.force and saved.get("config_hash") == digest:
-            log.info("reusing %s (config %s)", self.result_path(name), digest)
+        if saved is not None and not self.force and saved.get("config_hash") == digest \
+                and saved.get("code_version") == stamp["code_version"]:
+            log.info("reusing %s (config %s, code %s)", self.result_path(name), digest, stamp["code_version"])
             return saved
+        if saved is not None and not self.force and saved.get("config_hash") == digest:
+            log.info("recomputing %s: its code changed (%s -> %s)", self.result_path(name),
+                     saved.get("code_version"), stamp["code_version"])
         start = time.perf_counter()
         result = finite_or_none(compute())
-        result = {**result, "config": config, "config_hash": digest,
+        result = {**result, "config": config, "config_hash": digest, **stamp,
                   "provenance": self.provenance(seconds=round(time.perf_counter() - start, 1))}
         atomic_write_json(self.result_path(name), result)
         return result

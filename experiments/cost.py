@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from experiments import zoo
 from experiments.bench import shared_context
-from experiments.common import Context
+from experiments.common import Context, result_ref
 
 VARIANTS = ("dense", "vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40")
 PAPER_GRID = (34, 60)
@@ -56,7 +56,7 @@ def _bench_rows(bench: dict) -> list[dict]:
 def run(ctx: Context) -> dict:
     evals, config = zoo.evaluate_many(ctx, "flops", VARIANTS)
     bench = shared_context(ctx).load_result("bench")  # shared by all profiles (experiments.bench)
-    config["bench"] = (bench or {}).get("config_hash")
+    config["bench"] = result_ref(bench or {})
 
     def compute() -> dict:
         dense_total = evals["dense"]["backbone_GMACs"] + evals["dense"]["overhead_GMACs"]

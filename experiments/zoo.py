@@ -7,9 +7,9 @@ frames, per-block patch density, IoI by object size, the per-frame keep records)
 (``results_table``, ``ioi``, ``density``, ``kappa_ablation``, ``ap_vs_pkr``, ``qualitative``) only select
 and render from these evaluations, so `make ioi` after `make results` trains and evaluates nothing new.
 
-Reuse: a checkpoint is reused when its run folder (named by the hash of the exact training config)
-holds ``model_final.pt``; an evaluation when its saved result has the same config hash (``FORCE=1`` redoes
-both).
+Reuse: a checkpoint is reused when its run folder (named by :func:`vppkit.engine.train.run_key`: the training
+config and the training code's version) holds ``model_final.pt``; an evaluation when its saved result has the
+same config hash and code version (:mod:`experiments.common`; ``FORCE=1`` redoes both).
 
 Variants and their keep schedules (goal PKR 55 % / 40 %); a profile can add method settings that hold for
 all variants of a method with ``pruning_overrides: {vpp: {...}, svit: {...}}`` (e.g. Map-SM's smoothing
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import Context
+from experiments.common import Context, result_ref
 from vppkit.config import img_size_hw
 from vppkit.data.video import VideoFrames
 from vppkit.engine.infer import evaluate_run, infer_checkpoint
@@ -133,10 +133,11 @@ def evaluate_many(ctx: Context, artifact: str, names) -> tuple[dict, dict]:
     """Evaluations of several variants and the config an artifact built from them depends on.
 
     Returns:
-        (``{name: evaluation}``, ``{"artifact": artifact, "evals": {name: evaluation config hash}}``).
+        (``{name: evaluation}``, ``{"artifact": artifact, "evals": {name: result_ref(evaluation)}}``: each
+        evaluation's config hash and code version, :func:`experiments.common.result_ref`).
     """
     evals = {name: evaluate(ctx, name) for name in names}
-    return evals, {"artifact": artifact, "evals": {name: e["config_hash"] for name, e in evals.items()}}
+    return evals, {"artifact": artifact, "evals": {name: result_ref(e) for name, e in evals.items()}}
 
 
 def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:

@@ -54,6 +54,7 @@ def test_every_artifact_has_a_result_with_provenance(smoke_run):
     for name, res in results.items():
         saved = json.loads(ctx.result_path(name).read_text())
         assert saved["config_hash"] == res["config_hash"]
+        assert saved["code_version"] == res["code_version"] and saved["code"], name
         prov = saved["provenance"]
         assert prov["profile"] == "smoke" and prov["seed"] == 0 and prov["commit"] and prov["time_utc"]
 
@@ -79,6 +80,10 @@ def test_index_links_every_table_and_figure(smoke_run):
     assert any("measured speed" in e["title"] for e in manifest["flops"]["entries"])
     top = (ctx.reports_dir.parent / "index.md").read_text()
     assert "smoke/index.md" in top
+    # every result was computed by this code just now: none flagged as from another commit or stale code
+    provenance = index.split("## Provenance of the results")[1].split("\n## ")[0]
+    assert "not the current" not in provenance and "code changed" not in provenance
+    assert "no code version recorded" not in provenance
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ from vppkit.models.vis.losses import SetCriterion
 from vppkit.models.vis.model import build_vis_model
 from vppkit.utils.io import atomic_path, atomic_write_json
 from vppkit.utils.paths import cache_dir
+from vppkit.utils.provenance import code_version
 
 log = logging.getLogger("vppkit.train")
 
@@ -68,6 +69,15 @@ SAMPLE_UNITS = ("video", "frame")
 #: (:func:`vppkit.engine.infer.infer_checkpoint`).
 TRAINING_SECTIONS = ("seed", "data", "model", "loss", "train", "pruning")
 
+#: The code a trained model depends on: data loading, the model (ViT, pruners, VIS head and losses), pretrained
+#: weight conversion, and this training loop with its checkpoint / DDP helpers. Its
+#: :func:`~vppkit.utils.provenance.code_version` is part of :func:`run_key`, so a change here retrains, while a
+#: change to analysis code (``vppkit.metrics``, ``vppkit.engine.infer``, ``vppkit.flops``, ``vppkit.bench``,
+#: ``experiments``, ``analyses``) reuses the trained models. Note ``vppkit.models`` is keyed whole (training-free
+#: selectors in ``vppkit.models.pruning.selection`` included) and this module also holds :func:`load_model`.
+TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.checkpoint",
+                 "vppkit.engine.distributed")
+
 
 def training_config(cfg: dict) -> dict:
     """The part of a resolved profile that determines a trained model (:data:`TRAINING_SECTIONS`)."""
@@ -75,9 +85,10 @@ def training_config(cfg: dict) -> dict:
 
 
 def run_key(cfg: dict, stage: str, init: str | Path | None = None) -> str:
-    """Hash naming a training run: :func:`training_config`, the stage and the init checkpoint (run folders of
-    :func:`train` and of the experiments' model zoo)."""
-    return config_hash({"config": training_config(cfg), "stage": stage, "init": str(init) if init else None})
+    """Hash naming a training run: :func:`training_config`, the stage, the init checkpoint and the version of the
+    training code (:data:`TRAINING_CODE`) (run folders of :func:`train` and of the experiments' model zoo)."""
+    return config_hash({"config": training_config(cfg), "stage": stage, "init": str(init) if init else None,
+                        "code_version": code_version(*TRAINING_CODE)})
 
 
 def stage_config(cfg: dict, stage: str) -> dict:
@@ -375,7 +386,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     if sparse and (not pcfg or str(pcfg.get("method", "none")).lower() in ("none", "dense")):
         raise ValueError("stage 'sparse' needs pruning.method (vpp, svit, dynamicvit)")
     seed = int(cfg.get("seed", 0))
-    run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None}
+    run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None,
+               "code_version": code_version(*TRAINING_CODE), "code": sorted(TRAINING_CODE)}
     name = f"{cfg.get('profile', 'run')}-{stage}-{run_key(cfg, stage, init)}"
     out = Path(out_dir) if out_dir else cache_dir() / "runs" / name
 
