@@ -2,7 +2,8 @@
 
 IoI (supplementary §D) = |kept ∩ instance patches| / |instance patches| per (frame, instance, block), averaged
 over the 12 blocks and pooled over (instance, frame) pairs; S ≤ 10 %, 10 % < M ≤ 20 %, L > 20 % of the frame
-area (:mod:`vppkit.metrics.ioi`). Patch membership rule: ``eval.patch_rule`` (schema default, :class:`vppkit.config.EvalConfig`).
+area (:mod:`vppkit.metrics.ioi`). Patch membership rule: ``eval.patch_rule`` (default in the schema,
+:class:`vppkit.config.EvalConfig`).
 """
 
 from __future__ import annotations

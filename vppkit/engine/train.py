@@ -2,7 +2,7 @@
 
 - **samples**: ``train.sample_unit`` "video" (one per video per epoch, CPU profiles) or "frame" (one per annotated
   key frame, the official mmtrack iteration; paper-scale profiles), :func:`training_samples`; the schedule is
-  ``train.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
+  ``train.<stage>.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
 - **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
   image for the per-frame model (MinVIS trains per frame; the tracker needs no training).
 - **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in temporal order
@@ -157,7 +157,8 @@ def training_samples(frames: VideoFrames, unit: str) -> list[tuple[int, int | No
 
 def steps_for(tcfg: dict, num_samples: int, world_size: int) -> int:
     """Optimizer steps of a stage: ``ceil(epochs · num_samples / (batch · world_size))`` when ``train.epochs`` is
-    set (paper-scale profiles: 6 epochs, vpp-notes §7.1), else ``train.steps``.
+    set (paper-scale profiles: 6 epochs, vpp-notes §7.1), else the stage's ``steps`` (``train.dense.steps`` /
+    ``train.sparse.steps``).
 
     Raises:
         ValueError: neither is set, or the result is < 1.
@@ -167,9 +168,9 @@ def steps_for(tcfg: dict, num_samples: int, world_size: int) -> int:
     elif tcfg.get("steps") is not None:
         total = int(tcfg["steps"])
     else:
-        raise ValueError("set train.steps or train.epochs (per stage: train.dense.* / train.sparse.*)")
+        raise ValueError("set train.<stage>.steps or train.epochs (per stage: train.dense.* / train.sparse.*)")
     if total < 1:
-        raise ValueError(f"the schedule has {total} steps (train.steps / train.epochs)")
+        raise ValueError(f"the schedule has {total} steps (train.<stage>.steps / train.epochs)")
     return total
 
 
@@ -356,7 +357,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         init: checkpoint to start from (the dense model for the sparse stage).
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
         stop_at: stop after this many optimizer steps (simulates a killed run; the schedule still spans
-            ``train.steps``). A final model is only written when the schedule completes.
+            ``train.<stage>.steps``). A final model is only written when the schedule completes.
         device: "cpu" / "cuda" / None (cuda when available).
         progress: tqdm bar.
 
