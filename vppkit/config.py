@@ -33,12 +33,13 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vppkit.utils.provenance import REPO_ROOT
@@ -343,25 +344,31 @@ def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     return _chain(_resolve_path(base_name), seen + (path.resolve(),)) + [(path, data)]
 
 
-def _dataclass_of(node: Any):
-    """The dataclass a structured DictConfig node was built from, or None (plain dicts, values)."""
-    if isinstance(node, DictConfig):
-        t = OmegaConf.get_type(node)
-        if t is not None and dataclasses.is_dataclass(t):
-            return t
-    return None
+def _field_kinds(cls) -> dict[str, tuple[str, Any]]:
+    """Per field of schema dataclass ``cls``: ("section", dataclass) for a nested section, ("mapping", dataclass)
+    for a ``Dict[str, <dataclass>]`` (free keys, each a section: ``pruning_overrides``), ("mapping", None) for a
+    free-form ``Dict`` (``model.fallback``, ``model.backbone_kwargs``), ("value", None) otherwise."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out[f.name] = ("section", t)
+        elif typing.get_origin(t) is dict:
+            value_type = typing.get_args(t)[1]
+            out[f.name] = ("mapping", value_type if dataclasses.is_dataclass(value_type) else None)
+        else:
+            out[f.name] = ("value", None)
+    return out
 
 
-def schema_keys(node: DictConfig | None = None, prefix: str = "") -> list[str]:
+def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted key of the schema (sections and their keys), e.g. ``train.dense.steps``."""
-    node = OmegaConf.structured(Profile) if node is None else node
     out = []
-    for f in dataclasses.fields(_dataclass_of(node)):
-        key = f"{prefix}{f.name}"
-        out.append(key)
-        child = node._get_node(f.name)
-        if _dataclass_of(child) is not None:
-            out += schema_keys(child, key + ".")
+    for name, (kind, sub) in _field_kinds(Profile if cls is None else cls).items():
+        out.append(f"{prefix}{name}")
+        if kind == "section":
+            out += schema_keys(sub, f"{prefix}{name}.")
     return out
 
 
@@ -377,55 +384,46 @@ def _unknown_key(key: str, siblings: Iterable[str], source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown key {key!r}{tip}")
 
 
-def _element_dataclass(node: Any):
-    """The value dataclass of a ``Dict[str, <dataclass>]`` schema node (``pruning_overrides``), or None."""
-    if isinstance(node, DictConfig) and _dataclass_of(node) is None:
-        t = getattr(node._metadata, "element_type", None)
-        if t is not None and dataclasses.is_dataclass(t):
-            return t
-    return None
-
-
-def _check_keys(node: DictConfig, data: dict, source: str, prefix: str = "") -> None:
-    """Refuse a key of ``data`` that the schema node does not have (recursing into schema sections)."""
-    element = _element_dataclass(node)
-    if element is not None:
-        for key, value in data.items():
-            if isinstance(value, dict):
-                _check_keys(OmegaConf.structured(element), value, source, f"{prefix}{key}.")
-        return
-    names = [f.name for f in dataclasses.fields(_dataclass_of(node))]
+def _check_keys(cls, data: dict, source: str, prefix: str = "") -> None:
+    """Refuse a key of ``data`` that schema dataclass ``cls`` does not have (recursing into its sections)."""
+    kinds = _field_kinds(cls)
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if key not in names:
-            raise _unknown_key(full, names, source)
-        child = node._get_node(key)
-        if isinstance(value, dict) and (_dataclass_of(child) is not None or _element_dataclass(child) is not None):
-            _check_keys(child, value, source, full + ".")
-
-
-def _check_dotted(cfg: DictConfig, key: str, source: str) -> None:
-    """Refuse an override key that is not a schema key (free-form dict keys below a schema key are allowed)."""
-    node: Any = cfg
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        element = _element_dataclass(node)
-        if element is not None:  # a free key (e.g. the method of pruning_overrides), then the element's keys
-            node = OmegaConf.structured(element)
+        if key not in kinds:
+            raise _unknown_key(full, kinds, source)
+        kind, sub = kinds[key]
+        if not isinstance(value, dict) or sub is None:
             continue
-        cls = _dataclass_of(node)
-        if cls is None:
-            if not isinstance(node, DictConfig):
-                raise ConfigError(f"{source} {key!r}: {'.'.join(parts[:i])!r} is a value, not a section")
-            return
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            raise _unknown_key(".".join(parts[:i + 1]), names, source)
-        node = node._get_node(part)
+        if kind == "section":
+            _check_keys(sub, value, source, full + ".")
+        else:
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    _check_keys(sub, v, source, f"{full}.{k}.")
+
+
+def _check_dotted(key: str, source: str) -> None:
+    """Refuse an override key that is not a schema key (free keys below a mapping field are allowed)."""
+    parts = key.split(".")
+    cls, i = Profile, 0
+    while i < len(parts):
+        kinds = _field_kinds(cls)
+        if parts[i] not in kinds:
+            raise _unknown_key(".".join(parts[:i + 1]), kinds, source)
+        kind, sub = kinds[parts[i]]
+        rest = len(parts) - i - 1
+        if kind == "value" and rest:
+            raise ConfigError(f"{source} {key!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
+        if kind == "mapping":
+            if sub is None or rest <= 1:  # free-form dict, or a whole entry of a Dict[str, section]
+                return
+            cls, i = sub, i + 2               # skip the free key (e.g. the method of pruning_overrides)
+            continue
+        cls, i = sub, i + 1
 
 
 def _merge_into(cfg: DictConfig, data: dict, source: str) -> DictConfig:
-    _check_keys(cfg, data, source)
+    _check_keys(Profile, data, source)
     try:
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as exc:
@@ -460,7 +458,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 def _apply(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     for item in overrides or ():
         key, value = parse_override(item)
-        _check_dotted(cfg, key, "override")
+        _check_dotted(key, "override")
         for part in reversed(key.split(".")):
             value = {part: value}
         try:
