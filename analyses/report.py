@@ -19,6 +19,7 @@ from analyses.reading import write_reading
 from analyses.render import Entry
 from analyses.tables import TABLES
 from experiments.common import ARTIFACTS, REPORTS_ROOT, Context
+from vppkit.engine.train import stage_config
 from vppkit.utils.io import atomic_write_json, atomic_write_text
 from vppkit.utils.provenance import code_changed, git_commit, same_commit
 
@@ -61,13 +62,11 @@ def _provenance_line(prov: dict) -> str:
 
 
 def _stage_line(ctx: Context, stage: str) -> str:
-    from vppkit.engine.train import stage_config
-
     t = stage_config(ctx.cfg, stage)
-    frames = int(t.get("clip_frames", 3 if stage == "sparse" else 2))
-    amount = f"{t['epochs']} epochs ({t.get('sample_unit', 'video')} samples)" if t.get("epochs") is not None \
-        else f"{t.get('steps')} steps (one sample per {t.get('sample_unit', 'video')})"
-    return f"{amount}, batch {t.get('batch', 1)} per process (clips of {frames} frames), lr {t.get('lr')}"
+    frames = int(t["clip_frames"])
+    amount = f"{t['epochs']} epochs ({t['sample_unit']} samples)" if t["epochs"] is not None \
+        else f"{t['steps']} steps (one sample per {t['sample_unit']})"
+    return f"{amount}, batch {t['batch']} per process (clips of {frames} frames), lr {t['lr']}"
 
 
 def setup_section(ctx: Context) -> list[str]:
@@ -83,29 +82,30 @@ def setup_section(ctx: Context) -> list[str]:
     cfg, m, d = ctx.cfg, ctx.cfg["model"], ctx.cfg["data"]
     size = img_size_hw(m["img_size"])
     grid = build_backbone(m["arch"], img_size=size).grid_for(*size)
-    source = d.get("source", "synthetic")
+    source = d["source"]
     if source == "synthetic":
-        data = (f"synthetic YouTube-VIS-format videos: {d.get('num_videos')} train / {d.get('num_val_videos')} "
-                f"val, {d.get('num_frames')} frames of {d.get('height')}x{d.get('width')} px")
+        data = (f"synthetic YouTube-VIS-format videos: {d['num_videos']} train / {d['num_val_videos']} "
+                f"val, {d['num_frames']} frames of {d['height']}x{d['width']} px")
     elif source == "davis":
-        data = (f"DAVIS-2016 {d.get('res', '240p')}, class-agnostic: ImageSets `{d.get('train_split', 'train')}` "
-                f"-> train, `{d.get('val_split', 'val')}` -> evaluation (every frame)")
+        data = (f"DAVIS-2016 {d['res']}, class-agnostic: ImageSets `{d['train_split']}` "
+                f"-> train, `{d['val_split']}` -> evaluation (every frame)")
     else:
-        data = f"YouTube-VIS json {d.get('train_json')} / {d.get('val_json')}"
-    pretrained = m.get("pretrained") or m.get("backbone_checkpoint")
-    frozen = bool(cfg.get("train", {}).get("freeze_backbone", False))
-    lr_mult = cfg.get("train", {}).get("backbone_lr_mult")
-    points = int(cfg.get("loss", {}).get("num_points", 0))
+        data = f"YouTube-VIS json {d['train_json']} / {d['val_json']}"
+    pretrained = m["pretrained"] or m["backbone_checkpoint"]
+    frozen = bool(cfg["train"]["freeze_backbone"])
+    lr_mult = cfg["train"]["backbone_lr_mult"]
+    sparse_lr_mult = stage_config(cfg, "sparse")["backbone_lr_mult"]
+    points = int(cfg["loss"]["num_points"])
     ours = {
         "data": data,
         "backbone": f"plain ViT `{m['arch']}` (no adapter), "
                     + (f"pretrained `{pretrained}`" if pretrained else "trained from scratch"),
         "backbone training": "frozen (pruner modules, pyramid and decoder train)" if frozen
                              else f"trained, lr x{lr_mult} (sparse stage: "
-                                  f"x{cfg.get('train', {}).get('sparse', {}).get('backbone_lr_mult', lr_mult)})",
+                                  f"x{sparse_lr_mult})",
         "input": f"{size[0]}x{size[1]} px, N = {grid[0]}x{grid[1]} tokens (frames resized, no padding)",
-        "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m.get('dim')}-d, "
-                    f"{m.get('num_queries')} queries, {m.get('dec_layers')} decoder layers (docs/vis_model.md)",
+        "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m['dim']}-d, "
+                    f"{m['num_queries']} queries, {m['dec_layers']} decoder layers (docs/vis_model.md)",
         "mask loss": f"BCE + Dice on {points} sampled points" if points else "BCE + Dice on every stride-4 pixel",
         "dense stage": _stage_line(ctx, "dense"),
         "sparse stage": _stage_line(ctx, "sparse"),

@@ -153,7 +153,7 @@ class Context:
 
     @property
     def seed(self) -> int:
-        return int(self.cfg.get("seed", 0))
+        return int(self.cfg["seed"])
 
     def provenance(self, **extra: Any) -> dict:
         return provenance(self.profile, self.seed, **extra)

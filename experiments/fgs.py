@@ -15,9 +15,9 @@ Backbones compared (config ``fgs.backbones``, default ``[dense, random]``):
   rounded to multiples of 14). Without the extra it is skipped and the reason is stored under ``skipped``.
   Provenance caveat (docs/pretrained.md): possibly saliency-supervised, not DINOv2 SSL features.
 
-Config section ``fgs:`` (all optional; defaults in :data:`DEFAULTS`): ``backbones``, ``pretrained``,
-``pretrained_img_size``, ``init_seed``, ``frame_stride``, ``max_frames`` (per split), ``batch_size``, ``epochs``,
-``lr``, ``seeds`` (probe seeds), ``bootstrap``, ``ci``. The patch rule is ``eval.patch_rule`` (default "half").
+Config section ``fgs:`` (all optional; defaults in the schema, :class:`vppkit.config.FGSConfig`): ``backbones``,
+``pretrained``, ``pretrained_img_size``, ``init_seed``, ``frame_stride``, ``max_frames`` (per split), ``batch_size``,
+``epochs``, ``lr``, ``seeds`` (probe seeds), ``bootstrap``, ``ci``. The patch rule is ``eval.patch_rule``.
 The probe lr default is 1e-2, not FGSConfig's 1e-3: 2 epochs over a few dozen CPU frames are ~50 AdamW steps and
 1e-3 leaves the probes of weak features at chance (see :class:`vppkit.metrics.fgs_frames.FGSFramesConfig`).
 """
@@ -33,33 +33,18 @@ from vppkit.metrics.fgs_frames import (IMGFOCUS_CAVEAT, FGSFramesConfig, FrameSe
 
 log = logging.getLogger("vppkit.experiments")
 
-#: Defaults of the ``fgs:`` config section.
-DEFAULTS: dict = {
-    "backbones": ["dense", "random"],
-    "pretrained": None,            # "imgfocus" adds the pretrained ViT-S/14 (davis profile)
-    "pretrained_img_size": None,   # [H, W] multiples of 14; None = the profile's img_size rounded to 14
-    "init_seed": 0,                # seed of the random-init backbone
-    "frame_stride": 2,
-    "max_frames": 64,              # per split (train / val), evenly spaced after the stride
-    "batch_size": 8,
-    "epochs": 2,
-    "lr": 1.0e-2,                  # see module docstring: 1e-3 underfits the small CPU frame sets
-    "seeds": [0],
-    "bootstrap": 1000,
-    "ci": 0.95,
-}
-
 BACKBONES = ("dense", "random")
 PRETRAINED = ("imgfocus",)
 
 
 def settings(cfg: dict) -> dict:
-    """The resolved ``fgs`` settings of a profile config (defaults + ``cfg['fgs']`` + ``eval.patch_rule``).
+    """The resolved ``fgs`` settings of a profile config (``cfg['fgs']``, defaults from the schema
+    :class:`vppkit.config.FGSConfig`, + ``rule`` = ``eval.patch_rule``; ``pretrained_img_size`` filled in).
 
     Raises:
         ValueError: unknown backbone or pretrained name.
     """
-    s = {**DEFAULTS, **(cfg.get("fgs") or {})}
+    s = dict(cfg["fgs"])
     s["backbones"] = list(s["backbones"])
     bad = [b for b in s["backbones"] if b not in BACKBONES]
     if bad:
@@ -67,7 +52,7 @@ def settings(cfg: dict) -> dict:
                          f"fgs.pretrained: imgfocus)")
     if s["pretrained"] not in (None, *PRETRAINED):
         raise ValueError(f"fgs.pretrained must be null or one of {list(PRETRAINED)}, got {s['pretrained']!r}")
-    s["rule"] = (cfg.get("eval") or {}).get("patch_rule", "half")
+    s["rule"] = cfg["eval"]["patch_rule"]
     if s["pretrained"] and s["pretrained_img_size"] is None:
         h, w = img_size_hw(cfg["model"]["img_size"])
         s["pretrained_img_size"] = [max(14, round(h / 14) * 14), max(14, round(w / 14) * 14)]

@@ -2,7 +2,8 @@
 
 IoI (supplementary §D) = |kept ∩ instance patches| / |instance patches| per (frame, instance, block), averaged
 over the 12 blocks and pooled over (instance, frame) pairs; S ≤ 10 %, 10 % < M ≤ 20 %, L > 20 % of the frame
-area (:mod:`vppkit.metrics.ioi`). Patch membership rule: ``eval.patch_rule`` (default "half").
+area (:mod:`vppkit.metrics.ioi`). Patch membership rule: ``eval.patch_rule`` (default in the schema,
+:class:`vppkit.config.EvalConfig`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,6 @@ def run(ctx: Context) -> dict:
             row.update({f"n_{s}": ioi.get(f"n_{s}") for s in "SML"})
             row["fg_share_of_kept"] = None if ioi.get("fg_share_of_kept") is None else 100 * ioi["fg_share_of_kept"]
             rows.append(row)
-        return {"rows": rows, "patch_rule": ctx.cfg.get("eval", {}).get("patch_rule", "half")}
+        return {"rows": rows, "patch_rule": ctx.cfg["eval"]["patch_rule"]}
 
     return ctx.cached("ioi", config, compute)

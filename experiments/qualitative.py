@@ -48,7 +48,7 @@ def run(ctx: Context) -> dict:
             fg_act, bg_act = [], []
             for t in range(t_max):
                 act = rec.masks[t].float().mean(0)  # (N,) fraction of blocks processing each patch
-                fg = patch_labels(frames.instances(vi, t)[1], patch, ctx.cfg.get("eval", {}).get("patch_rule", "half"),
+                fg = patch_labels(frames.instances(vi, t)[1], patch, ctx.cfg["eval"]["patch_rule"],
                                   source=f"video {vid} frame {t}").foreground
                 if fg.any():
                     fg_act.append(float(act[fg].mean()))

@@ -85,7 +85,7 @@ def checkpoint(ctx: Context, name: str) -> Path:
     else:
         stage, init = "sparse", checkpoint(ctx, "dense")
         # the variant's own pruning section, plus the profile's per-method settings (``pruning_overrides``)
-        extra = (cfg.get("pruning_overrides") or {}).get(spec["pruning"]["method"], {})
+        extra = cfg["pruning_overrides"].get(spec["pruning"]["method"], {})
         cfg["pruning"] = {**extra, **spec["pruning"]}
     # named by what training reads (not by analysis settings such as fgs / selectors / oracle / eval)
     out = ctx.results_dir / "runs" / f"{name}-{run_key(cfg, stage, init)}"
@@ -106,7 +106,7 @@ def dense_analysis(ctx: Context, artifact: str, settings: dict, path: str | Path
     ckpt = Path(path) if path is not None else checkpoint(ctx, "dense")
     config = {"artifact": artifact, "settings": settings, "checkpoint": str(ckpt),
               "checkpoint_mtime": ckpt.stat().st_mtime, "data": ctx.cfg["data"], "model": ctx.cfg["model"],
-              "eval": ctx.cfg.get("eval", {})}
+              "eval": ctx.cfg["eval"]}
     return ckpt, config
 
 
@@ -122,10 +122,10 @@ def evaluate(ctx: Context, name: str) -> dict:
     """
     spec = variants()[name]
     ckpt = checkpoint(ctx, name)
-    ecfg = ctx.cfg.get("eval", {})
+    ecfg = ctx.cfg["eval"]
     config = {"variant": name, "spec": spec, "checkpoint": str(ckpt.relative_to(ctx.results_dir)),
               "checkpoint_mtime": ckpt.stat().st_mtime, "eval": ecfg, "data": ctx.cfg["data"],
-              "patch_rule": ecfg.get("patch_rule", "half")}
+              "patch_rule": ecfg["patch_rule"]}
     return ctx.cached(f"eval_{name}", config, lambda: _evaluate(ctx, name, ckpt))
 
 
@@ -142,12 +142,12 @@ def evaluate_many(ctx: Context, artifact: str, names) -> tuple[dict, dict]:
 
 def _evaluate(ctx: Context, name: str, ckpt: Path) -> dict:
     out_dir = ctx.results_dir / "eval" / name
-    res = infer_checkpoint(ckpt, "val", out_dir, progress=True, eval_cfg=ctx.cfg.get("eval", {}))
+    res = infer_checkpoint(ckpt, "val", out_dir, progress=True, eval_cfg=ctx.cfg["eval"])
     ap = evaluate_run(out_dir, res["gt_json"])
 
     cfg = ctx.cfg
     frames = VideoFrames(res["gt_json"], None, cfg["model"]["img_size"], cache=False)
-    rule = cfg.get("eval", {}).get("patch_rule", "half")
+    rule = cfg["eval"]["patch_rule"]
     pkr, ioi = PKRAccumulator(), IoIAccumulator()
     id_to_index = {v["id"]: i for i, v in enumerate(frames.videos)}
     patch = None

@@ -114,7 +114,7 @@ def test_frame_unit_walks_key_frames_and_derives_steps_from_epochs(cache):
     assert steps_for(tcfg, len(keys), 1) == -(-len(keys) // 3)
     assert steps_for(tcfg, len(keys), 2) == -(-len(keys) // 6)
     assert steps_for({"steps": 7}, 1000, 8) == 7
-    with pytest.raises(ValueError, match="train.steps or train.epochs"):
+    with pytest.raises(ValueError, match=r"train.<stage>.steps or train.epochs"):
         steps_for({"steps": None}, 10, 1)
     with pytest.raises(ValueError, match="sample_unit"):
         training_samples(frames, "clip")

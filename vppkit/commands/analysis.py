@@ -42,7 +42,7 @@ from vppkit.metrics.fgs_frames import (
     random_backbone,
 )
 from vppkit.metrics.ioi import IoIAccumulator
-from vppkit.metrics.patch_labels import patch_labels
+from vppkit.metrics.patch_labels import DEFAULT_RULE, patch_labels
 from vppkit.metrics.pkr import PKRAccumulator
 from vppkit.utils.io import atomic_write_json, atomic_write_text, finite_or_none
 from vppkit.utils.provenance import provenance
@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", help="held-out frames: train | val | json (default: val when --data is a split "
                                        "name, else a 30 %% split of --data by video)")
     p.add_argument("--eval-frames", help="frames folder for a json --eval-data")
-    p.add_argument("--rule", default="half", help="patch membership rule: half (default), any, or a float")
+    p.add_argument("--rule", default=None, help="patch membership rule: half, any, or a float (default: "
+                                             "vppkit.metrics.patch_labels.DEFAULT_RULE, half)")
     p.add_argument("--frame-stride", type=int, default=None, help="every k-th frame (default 2)")
     p.add_argument("--max-frames", type=int, default=None, help="max frames per side, 0 = all (default 64)")
     p.add_argument("--batch-size", type=int, default=None, help="frames per backbone forward (default 8)")
@@ -92,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--checkpoint", type=Path, help="take the input size from this checkpoint's config")
     size.add_argument("--profile", help="take the input size from this profile's model.img_size")
     size.add_argument("--patch-size", type=int, help="input size = record grid x patch size (default 16)")
-    p.add_argument("--rule", default="half", help="patch membership rule: half (default), any, or a float")
+    p.add_argument("--rule", default=None, help="patch membership rule: half, any, or a float (default: "
+                                             "vppkit.metrics.patch_labels.DEFAULT_RULE, half)")
     p.add_argument("--out", required=True, type=Path, help="result .json (a .csv with the same stem is written)")
     p.set_defaults(func=run_ioi_command)
 
@@ -160,7 +162,7 @@ def run_fgs_command(args: argparse.Namespace) -> int:
         return cache["cfg"]
 
     try:
-        rule = _rule(args.rule)
+        rule = DEFAULT_RULE if args.rule is None else _rule(args.rule)
         train = _frame_set(args.data, args.frames, cfg, "data")
         if args.eval_data:
             ev = _frame_set(args.eval_data, args.eval_frames, cfg, "eval-data")
@@ -224,7 +226,7 @@ def _input_size(args: argparse.Namespace, grid: tuple[int, int]) -> tuple[tuple[
 def run_ioi_command(args: argparse.Namespace) -> int:
     """``vppkit ioi``: IoI (overall, by size S/M/L, per block) of saved keep records against GT masks."""
     try:
-        rule = _rule(args.rule)
+        rule = DEFAULT_RULE if args.rule is None else _rule(args.rule)
         records = _load_records(args.records)
         grids = {tuple(r.grid) for r in records.values()}
         if len(grids) != 1:

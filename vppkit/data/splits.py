@@ -23,17 +23,17 @@ __all__ = ["resolve_split"]
 def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path, Path]:
     """(json path, frames root) of ``split`` ("train" / "val") for the ``data`` config section.
 
+    ``dcfg``: a resolved ``data`` section (:class:`vppkit.config.DataConfig`; every key present).
+
     Raises:
         ValueError: unknown ``data.source``.
         FileNotFoundError: a configured path does not exist (named).
     """
-    source = dcfg.get("source", "synthetic")
+    source = dcfg["source"]
     if source == "synthetic":
         key = "num_videos" if split == "train" else "num_val_videos"
-        args = dict(num_videos=int(dcfg.get(key, dcfg.get("num_videos", 4))),
-                    seed=int(dcfg.get("seed", 0) if split == "train" else dcfg.get("val_seed", 1000)),
-                    num_frames=int(dcfg.get("num_frames", 16)), height=int(dcfg.get("height", 192)),
-                    width=int(dcfg.get("width", 192)))
+        args = dict(num_videos=int(dcfg[key]), seed=int(dcfg["seed"] if split == "train" else dcfg["val_seed"]),
+                    num_frames=int(dcfg["num_frames"]), height=int(dcfg["height"]), width=int(dcfg["width"]))
         # the generator version is part of the key: a changed generator never reuses stale cached frames
         out = cache_dir() / "synthetic" / f"{split}-{config_hash({**args, 'generator': GENERATOR_VERSION})}"
         js = out / JSON_NAME
@@ -41,11 +41,11 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
             generate_synthetic(out, progress=progress, **args)
         return js, out / "JPEGImages"
     if source == "davis":
-        root = Path(dcfg.get("root") or davis_root())
+        root = Path(dcfg["root"] or davis_root())
         if not (root / "JPEGImages").is_dir():
             raise FileNotFoundError(f"DAVIS folder {root} has no JPEGImages/ (set data.root or DATA=...)")
-        res = dcfg.get("res", "240p")
-        dsplit = dcfg.get(f"{split}_split", split)
+        res = dcfg["res"]
+        dsplit = dcfg[f"{split}_split"]
         js = cache_dir() / "davis" / f"{dsplit}-{config_hash({'root': str(root.resolve()), 'res': res})}.json"
         if not js.exists():
             ds = davis_to_ytvis(root, dsplit, res=res, progress=progress)
@@ -53,7 +53,7 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
             save_ytvis(ds, js)
         return js, root / "JPEGImages" / res
     if source == "ytvis":
-        root = Path(dcfg.get("root") or ".")
+        root = Path(dcfg["root"] or ".")
         js, frames = root / dcfg[f"{split}_json"], root / dcfg[f"{split}_frames"]
         for p in (js, frames):
             if not p.exists():

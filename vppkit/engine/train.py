@@ -2,7 +2,7 @@
 
 - **samples**: ``train.sample_unit`` "video" (one per video per epoch, CPU profiles) or "frame" (one per annotated
   key frame, the official mmtrack iteration; paper-scale profiles), :func:`training_samples`; the schedule is
-  ``train.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
+  ``train.<stage>.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
 - **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
   image for the per-frame model (MinVIS trains per frame; the tracker needs no training).
 - **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in temporal order
@@ -95,8 +95,8 @@ def stage_config(cfg: dict, stage: str) -> dict:
     """``train`` section with the stage's overrides (``train.dense`` / ``train.sparse``) merged in."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    tcfg = {k: v for k, v in cfg.get("train", {}).items() if k not in STAGES}
-    return merge(tcfg, cfg.get("train", {}).get(stage, {}) or {})
+    tcfg = {k: v for k, v in cfg["train"].items() if k not in STAGES}
+    return merge(tcfg, cfg["train"][stage] or {})
 
 
 def seed_step(seed: int, step: int, rank: int = 0) -> None:
@@ -133,11 +133,11 @@ class StepSampler:
 
 def make_optimizer(model, tcfg: dict, total_steps: int):
     """AdamW + step decay ×``decay_gamma`` at ``decay_at`` · total_steps (LambdaLR, stepped per optimizer step)."""
-    groups = unwrap(model).param_groups(float(tcfg["lr"]), float(tcfg.get("weight_decay", 0.05)),
-                                        float(tcfg.get("backbone_lr_mult", 0.1)))
+    groups = unwrap(model).param_groups(float(tcfg["lr"]), float(tcfg["weight_decay"]),
+                                        float(tcfg["backbone_lr_mult"]))
     opt = torch.optim.AdamW(groups, lr=float(tcfg["lr"]), betas=(0.9, 0.999), eps=1e-8)
-    milestone = int(math.floor(float(tcfg.get("decay_at", 2 / 3)) * total_steps))
-    gamma = float(tcfg.get("decay_gamma", 0.1))
+    milestone = int(math.floor(float(tcfg["decay_at"]) * total_steps))
+    gamma = float(tcfg["decay_gamma"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: gamma if s >= milestone else 1.0)
     return opt, sched
 
@@ -169,19 +169,20 @@ def training_samples(frames: VideoFrames, unit: str) -> list[tuple[int, int | No
 
 def steps_for(tcfg: dict, num_samples: int, world_size: int) -> int:
     """Optimizer steps of a stage: ``ceil(epochs · num_samples / (batch · world_size))`` when ``train.epochs`` is
-    set (paper-scale profiles: 6 epochs, vpp-notes §7.1), else ``train.steps``.
+    set (paper-scale profiles: 6 epochs, vpp-notes §7.1), else the stage's ``steps`` (``train.dense.steps`` /
+    ``train.sparse.steps``).
 
     Raises:
         ValueError: neither is set, or the result is < 1.
     """
     if tcfg.get("epochs") is not None:
-        total = math.ceil(float(tcfg["epochs"]) * num_samples / (int(tcfg.get("batch", 1)) * world_size))
+        total = math.ceil(float(tcfg["epochs"]) * num_samples / (int(tcfg["batch"]) * world_size))
     elif tcfg.get("steps") is not None:
         total = int(tcfg["steps"])
     else:
-        raise ValueError("set train.steps or train.epochs (per stage: train.dense.* / train.sparse.*)")
+        raise ValueError("set train.<stage>.steps or train.epochs (per stage: train.dense.* / train.sparse.*)")
     if total < 1:
-        raise ValueError(f"the schedule has {total} steps (train.steps / train.epochs)")
+        raise ValueError(f"the schedule has {total} steps (train.<stage>.steps / train.epochs)")
     return total
 
 
@@ -196,9 +197,9 @@ def clip_indices(frames: VideoFrames, sample: tuple[int, int | None], length: in
     """
     vi, key = sample
     if key is None:
-        return frames.sample_clip(vi, length, int(tcfg.get("max_gap", 3)), rng)
-    chain, _ = sample_reference_frames(key, frames.num_frames(vi), length - 1, int(tcfg.get("ref_window", 5)),
-                                       str(tcfg.get("ref_order", "random")), rng)
+        return frames.sample_clip(vi, length, int(tcfg["max_gap"]), rng)
+    chain, _ = sample_reference_frames(key, frames.num_frames(vi), length - 1, int(tcfg["ref_window"]),
+                                       str(tcfg["ref_order"]), rng)
     return chain
 
 
@@ -246,7 +247,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, step, self.rank])
         return _batch(self.frames, [self.samples[i] for i in self.sampler.indices(step)], self.length, self.tcfg,
-                      bool(self.tcfg.get("flip", True)), rng)
+                      bool(self.tcfg["flip"]), rng)
 
 
 def step_loader(batches: StepBatches, start: int, end: int, workers: int, pin_memory: bool = False):
@@ -322,7 +323,7 @@ def _build_for_training(cfg: dict, tcfg: dict, num_classes: int, pcfg: dict | No
         backbone = dict(model.backbone_info)
     if init:
         _load_init(model, init, ck_init)
-    freeze = bool(tcfg.get("freeze_backbone", False))
+    freeze = bool(tcfg["freeze_backbone"])
     note = None
     if freeze and backbone.get("fallback"):
         freeze, note = False, "freeze_backbone ignored: the pretrained backbone is unavailable (from-scratch fallback)"
@@ -368,7 +369,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         init: checkpoint to start from (the dense model for the sparse stage).
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
         stop_at: stop after this many optimizer steps (simulates a killed run; the schedule still spans
-            ``train.steps``). A final model is only written when the schedule completes.
+            ``train.<stage>.steps``). A final model is only written when the schedule completes.
         device: "cpu" / "cuda" / None (cuda when available).
         progress: tqdm bar.
 
@@ -382,36 +383,35 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     info = init_distributed(device)
     tcfg = stage_config(cfg, stage)
     sparse = stage == "sparse"
-    pcfg = cfg.get("pruning") if sparse else None
-    if sparse and (not pcfg or str(pcfg.get("method", "none")).lower() in ("none", "dense")):
+    pcfg = cfg["pruning"] if sparse else None
+    if sparse and (not pcfg or str(pcfg["method"]).lower() in ("none", "dense")):
         raise ValueError("stage 'sparse' needs pruning.method (vpp, svit, dynamicvit)")
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg["seed"])
     run_cfg = {"config": cfg, "stage": stage, "init": str(init) if init else None,
                "code_version": code_version(*TRAINING_CODE), "code": sorted(TRAINING_CODE)}
-    name = f"{cfg.get('profile', 'run')}-{stage}-{run_key(cfg, stage, init)}"
+    name = f"{cfg['profile']}-{stage}-{run_key(cfg, stage, init)}"
     out = Path(out_dir) if out_dir else cache_dir() / "runs" / name
 
     torch.manual_seed(seed)
     js, frames_root = resolve_split(cfg["data"], "train", progress=progress and info.is_main)
-    frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=bool(cfg["data"].get("cache", True)))
+    frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=bool(cfg["data"]["cache"]))
     num_classes = len(frames.category_ids)
     model, backbone = _build_for_training(cfg, tcfg, num_classes, pcfg, init)
     model = model.to(info.device)
     model.train()
-    samples = training_samples(frames, str(tcfg.get("sample_unit", "video")))
-    batch = int(tcfg.get("batch", 1))
+    samples = training_samples(frames, str(tcfg["sample_unit"]))
+    batch = int(tcfg["batch"])
     total = steps_for(tcfg, len(samples), info.world_size)
     log.info("%s stage: %d steps over %d samples (unit %s) at batch %d x %d process(es)", stage, total, len(samples),
-             tcfg.get("sample_unit", "video"), batch, info.world_size)
+             tcfg["sample_unit"], batch, info.world_size)
     opt, sched = make_optimizer(model, tcfg, total)
     if info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.startswith("cuda") else None,
             find_unused_parameters=True)
-    mcfg = cfg.get("loss", {})
-    criterion = SetCriterion(num_classes, float(mcfg.get("w_class", 2.0)), float(mcfg.get("w_mask", 5.0)),
-                             float(mcfg.get("w_dice", 5.0)), float(mcfg.get("eos_coef", 0.1)),
-                             int(mcfg.get("num_points", 0))).to(info.device)
+    lcfg = cfg["loss"]
+    criterion = SetCriterion(num_classes, float(lcfg["w_class"]), float(lcfg["w_mask"]), float(lcfg["w_dice"]),
+                             float(lcfg["eos_coef"]), int(lcfg["num_points"])).to(info.device)
     sampler = StepSampler(len(samples), batch, seed, info)
 
     start, rows = 0, []
@@ -428,14 +428,14 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     if info.is_main:
         atomic_write_json(out / "config.json", {**run_cfg, "backbone": backbone})
     end = total if stop_at is None else min(total, int(stop_at))
-    every = int(tcfg.get("ckpt_every", max(1, total // 4)))
-    clip_len = int(tcfg.get("clip_frames", 3 if sparse else 2))
-    grad_clip = float(tcfg.get("grad_clip", 0.0))
+    every = int(tcfg["ckpt_every"])
+    clip_len = int(tcfg["clip_frames"])
+    grad_clip = float(tcfg["grad_clip"])
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
     loader = step_loader(StepBatches(frames, samples, sampler, clip_len, tcfg, seed, info.rank), start, end,
-                         int(tcfg.get("workers", 0)), pin_memory=info.device.startswith("cuda"))
+                         int(tcfg["workers"]), pin_memory=info.device.startswith("cuda"))
     ts, cs = time.perf_counter(), time.process_time()
     for step, steps in zip(range(start, end), loader):
         seed_step(seed, step, info.rank)

@@ -155,7 +155,7 @@ def build_pruner(pcfg: dict | None, dim: int):
     """
     from vppkit.models.pruning import build_pruner as build_method_pruner
 
-    if not pcfg or str(pcfg.get("method", "none")).lower() in ("none", "dense", "null"):
+    if not pcfg or str(pcfg["method"]).lower() in ("none", "dense", "null"):
         return None
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in pcfg.items() if k != "method"}
     return build_method_pruner(str(pcfg["method"]), dim, **kwargs)
@@ -239,7 +239,7 @@ def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load
                            **(mcfg.get("backbone_kwargs") or {}))
     pruner = build_pruner(pcfg, dense.embed_dim)
     backbone = PrunableViT(dense.vit, pruner) if pruner is not None else dense
-    model = VISModel(backbone, num_classes, dim=int(mcfg.get("dim", 64)), num_queries=int(mcfg.get("num_queries", 10)),
-                     dec_layers=int(mcfg.get("dec_layers", 3)), heads=int(mcfg.get("heads", 4)))
+    model = VISModel(backbone, num_classes, dim=int(mcfg["dim"]), num_queries=int(mcfg["num_queries"]),
+                     dec_layers=int(mcfg["dec_layers"]), heads=int(mcfg["heads"]))
     model.backbone_info = {**info, "model": {k: v for k, v in mcfg.items() if k != "backbone_checkpoint"}}
     return model
