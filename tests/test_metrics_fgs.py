@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from vppkit.metrics.fgs import (FGSConfig, LinearProbes, balanced_accuracy, bootstrap_ci, roc_auc, run_fgs,
-                                split_by_video, train_probes)
+from scipy.stats import binom
+
+from vppkit.metrics.fgs import (FGSConfig, LinearProbes, balanced_accuracy, bootstrap_ci, evaluate_probes, roc_auc,
+                                run_fgs, split_by_video, train_probes)
 
 
 def test_metric_formulas_by_hand():
@@ -28,6 +30,35 @@ def test_bootstrap_identical_frames_is_degenerate():
     point = 0.5 * (15 / 20 + 30 / 40)
     assert ci["balanced_accuracy"][0] == pytest.approx([point, point])
     assert ci["accuracy"][0] == pytest.approx([45 / 60, 45 / 60])
+
+
+def test_evaluate_probes_known_counts_and_binomial_bootstrap():
+    """A fixed probe on constructed frames: the confusion counts, hence FGS, are known exactly, and so is the
+    bootstrap distribution. 100 frames of 5 fg + 15 bg patches (+ 2 padding patches); the probe's margin is
+    channel 0. 70 "good" frames: every patch right (tp 5, tn 15). 30 "bad" frames: every patch called fg
+    (tp 5, fp 15). Pooled: recall_fg = 500/500 = 1, recall_bg = 70 x 15 / (100 x 15) = 0.7 -> FGS = 0.85
+    (plain accuracy (500 + 1050) / 2000 = 0.775). A bootstrap resample with k good frames has FGS 0.5 (1 + k/100),
+    k ~ Binomial(100, 0.7): its 95 % percentile interval is 0.5 (1 + binom.ppf([0.025, 0.975], 100, 0.7) / 100)."""
+    probes = LinearProbes(1, 2, standardize="none")
+    with torch.no_grad():
+        probes.weight.zero_()
+        probes.weight[0, 0, 1] = 1.0                           # logits (0, x[..., 0]): margin = x[..., 0]
+    label = torch.tensor([True] * 5 + [False] * 15 + [True, False])   # last two: padding
+    valid = torch.tensor([True] * 20 + [False, False])
+    good = torch.where(label, 1.0, -1.0)
+    bad = torch.ones(22)
+    good[20:] = bad[20:] = torch.tensor([-9.0, 9.0])           # padding predictions would be wrong: must not count
+    frames = [good] * 70 + [bad] * 30
+    batches = []
+    for i in range(0, 100, 10):                                # 10 frames per batch
+        x = torch.stack(frames[i:i + 10])[..., None].expand(-1, -1, 2).clone()   # (B, N, C=2)
+        batches.append(([x], label.expand(10, -1), valid.expand(10, -1)))
+    res = evaluate_probes(probes, batches, FGSConfig(bootstrap=20000, seed=0))
+    assert res.n_frames == 100 and res.n_patches == 2000 and res.n_fg == 500
+    assert res.recall_fg[0] == 1.0 and res.recall_bg[0] == pytest.approx(0.7)
+    assert res.balanced_accuracy[0] == pytest.approx(0.85) and res.accuracy[0] == pytest.approx(0.775)
+    expected = 0.5 * (1 + binom.ppf([0.025, 0.975], 100, 0.7) / 100)     # [0.805, 0.895]
+    assert res.balanced_accuracy_ci[0] == pytest.approx(expected, abs=0.006)   # within one k step (0.005)
 
 
 def _batches(n_batches: int, seed: int, c: int = 8, n: int = 32, b: int = 4, fg_p: float = 0.2,
@@ -60,9 +91,11 @@ def test_probes_separate_encoded_from_random_features():
     assert abs(bacc[0] - 0.5) < 0.08, bacc
     assert res.roc_auc[1] > 0.99 and abs(res.roc_auc[0] - 0.5) < 0.1
     assert res.n_frames == 40 and res.n_patches == 40 * 28        # padding excluded
-    for layer in range(3):
-        lo, hi = res.balanced_accuracy_ci[layer]
-        assert lo <= bacc[layer] <= hi
+    # intervals against the true values: the encoded layers separate fg/bg (true FGS 1): a narrow interval near 1;
+    # layer 0 is independent of the labels (true FGS 1/2 for any probe): its interval covers 1/2
+    assert (res.balanced_accuracy_ci[1:, 0] > 0.95).all(), res.balanced_accuracy_ci
+    lo, hi = res.balanced_accuracy_ci[0]
+    assert lo < 0.5 < hi and hi - lo < 0.15, (lo, hi)
     assert res.train.r_fg == pytest.approx(0.2, abs=0.04)
     assert res.train.lr == pytest.approx([5e-2, 5e-3])           # lr x 0.1 after the first epoch
     df = res.to_frame()

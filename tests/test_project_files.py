@@ -5,31 +5,86 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _lock_pins():
+def _pins(lines: list[str], where: str) -> dict[str, Version]:
+    """{canonical name: version} of ``name==version`` requirement lines (exact pins only)."""
     pins = {}
-    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower().replace("_", "-")] = version
+    for line in lines:
+        req = Requirement(line)
+        spec = list(req.specifier)
+        assert len(spec) == 1 and spec[0].operator == "==", f"{where}: {line!r} is not an exact pin"
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"{where}: {name} pinned twice"
+        pins[name] = Version(spec[0].version)
     return pins
 
 
-def test_lock_pins_torch_stack():
-    pins = _lock_pins()
-    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
-    assert "timm" in pins and "pycocotools" in pins and "fvcore" in pins
+def _lock_lines() -> list[str]:
+    text = (ROOT / "requirements" / "lock.txt").read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _lock_python() -> str:
+    """The Python version the lock was resolved for, from its header ("... (Python 3.11, ...)")."""
+    m = re.search(r"Python (\d+\.\d+)", (ROOT / "requirements" / "lock.txt").read_text())
+    assert m, "requirements/lock.txt: the header must name the Python version of the tested set"
+    return m.group(1)
+
+
+def _environment() -> tuple[str, list[str]]:
+    """(conda python version, pip requirement lines) of environment.yml."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    python = [d for d in deps if isinstance(d, str) and re.fullmatch(r"python\s*=+\s*\S+", d)]
+    pip = [d["pip"] for d in deps if isinstance(d, dict) and "pip" in d]
+    assert len(python) == 1 and len(pip) == 1, "environment.yml: one python=X.Y and one pip: section"
+    return re.split(r"=+", python[0].replace(" ", ""))[1], pip[0]
+
+
+def test_pyproject_ranges_admit_the_lock():
+    """Every requirement of pyproject.toml (core and every extra: the lock includes them all) is pinned in the lock
+    at a version its range admits, and requires-python admits the lock's Python."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the suite's interpreter); optional on 3.10
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _pins(_lock_lines(), "lock.txt")
+    python = _lock_python()
+    reqs = list(project["dependencies"]) + [r for extra in project.get("optional-dependencies", {}).values()
+                                            for r in extra]
+    assert reqs
+    env = {"python_version": python, "python_full_version": f"{python}.0"}
+    for line in reqs:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"pyproject.toml requires {line!r}, which requirements/lock.txt does not pin"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"lock pins {name}=={pins[name]}, outside pyproject.toml's {line!r}")
+    assert SpecifierSet(project["requires-python"]).contains(python), (
+        f"lock resolved for Python {python}, outside requires-python {project['requires-python']!r}")
 
 
 def test_environment_yml_mirrors_lock():
-    env = (ROOT / "environment.yml").read_text()
-    env_pins = {m.group(1).lower().replace("_", "-"): m.group(2)
-                for m in re.finditer(r"^\s+- ([A-Za-z0-9_.\-]+)==(\S+)$", env, re.M)}
-    assert env_pins == _lock_pins()
+    """environment.yml installs exactly the lock's pins, for the lock's Python."""
+    python, pip = _environment()
+    assert python == _lock_python()
+    assert _pins(pip, "environment.yml") == _pins(_lock_lines(), "lock.txt")
+
+
+def test_lock_pairs_torch_with_its_torchvision():
+    """torchvision 0.N is built against torch 2.(N - 15) (0.19 <-> 2.4, ..., 0.29 <-> 2.14); another pair fails
+    at import (binary ops) or silently mixes kernels."""
+    pins = _pins(_lock_lines(), "lock.txt")
+    torch_v, tv = pins["torch"], pins["torchvision"]
+    assert (torch_v.major, torch_v.minor) == (2, tv.minor - 15) and tv.major == 0, (torch_v, tv)
 
 
 def test_ci_runs_the_readme_test_command():

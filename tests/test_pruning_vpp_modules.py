@@ -113,13 +113,49 @@ def test_map_sm_never_maps_onto_pruned_tokens():
         assert torch.allclose(a.detach().sum(-1), torch.ones(B, N))
 
 
+def _association_by_hand(xq: torch.Tensor, xk: torch.Tensor, mask_prev: torch.Tensor,
+                         use_prior: bool = True) -> torch.Tensor:
+    """Deterministic A (B, N, N) from Map-SM's definition (vpp-notes §4.2 steps 1-4), written out per token pair:
+    Phi[i, j] = x_q[i] . x_k[j] + Phi_dist[i, j], Phi_dist = log10(10 (2 - d_ij) / 2 + 1e-6) with d_ij the L1
+    distance of the patch centres on a grid normalised to [0, 1] per axis (col / (W - 1), row / (H - 1));
+    previous tokens pruned in ``mask_prev`` are excluded; A[i, j*] = 1 for j* = argmax_j Phi[i, j]."""
+    a = torch.zeros(B, N, N, dtype=xq.dtype)
+    for b in range(B):
+        for i in range(N):
+            best, best_j = -math.inf, None
+            for j in range(N):
+                if not mask_prev[b, j]:
+                    continue
+                d = abs(i % W - j % W) / (W - 1) + abs(i // W - j // W) / (H - 1)
+                phi = float(xq[b, i] @ xk[b, j]) + (math.log10(5.0 * (2.0 - d) + 1e-6) if use_prior else 0.0)
+                if phi > best:
+                    best, best_j = phi, j
+            a[b, i, best_j] = 1.0
+    return a
+
+
 def test_map_sm_uses_mapped_value():
-    # x_hat = A x_v: with a key equal to the query (and a huge similarity on the diagonal), A = identity
-    torch.manual_seed(0)
-    mod = MapSM(C).eval()
-    x = torch.randn(B, N, C) * 10
-    a = mod.associate(x, x, torch.ones(B, N, dtype=torch.bool), (H, W), noise=False)
-    assert torch.equal(a.argmax(-1), torch.arange(N).expand(B, N))
+    """x_hat = A x_v: the features the selector sees are the previous frame's values at the associated tokens."""
+    g = torch.Generator().manual_seed(4)
+    xq, xk, xv = (torch.randn(B, N, C, generator=g, dtype=torch.float64) for _ in range(3))
+    xq, xk = xq * 0.5, xk * 0.5  # similarity and spatial prior of the same order: both decide some rows
+    mask_prev = torch.rand(B, N, generator=g) > 0.4
+    a = _association_by_hand(xq, xk, mask_prev)
+    expected = a @ xv
+    # the case exercises every term: the mapping is not the identity, the prior and the mask change it
+    assert not torch.equal(a.argmax(-1), torch.arange(N).expand(B, N))
+    assert not torch.equal(a, _association_by_hand(xq, xk, mask_prev, use_prior=False))
+    assert not torch.equal(a, _association_by_hand(xq, xk, torch.ones(B, N, dtype=torch.bool)))
+    mod = MapSM(C, inference_noise=False).double().eval()
+    assert torch.equal(mod.associate(xq, xk, mask_prev, (H, W), noise=False).detach(), a)
+    seen = []  # x_hat as it enters the selector (its LayerNorm), through the module's public hook API
+    mod.norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    mod(xq, xk, xv, mask_prev, (H, W), 0.7)             # graph path: A @ x_v (straight-through A)
+    with torch.no_grad():
+        mod(xq, xk, xv, mask_prev, (H, W), 0.7)         # inference path: gathered from the kept keys only
+    assert len(seen) == 2
+    for x_hat in seen:
+        torch.testing.assert_close(x_hat, expected, rtol=0, atol=1e-12)
 
 
 def test_map_sm_empty_previous_mask_is_defined():

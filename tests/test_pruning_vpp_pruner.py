@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vppkit.metrics.pkr import frame_pkr
 from vppkit.models.pruning.schedules import VPPSchedule, rho_for_pkr
 from vppkit.models.pruning.vpp import TemporalState, VPPPruner
-from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
 from vppkit.models.records import KeepRecord
 from vppkit.models.vit import build_backbone
 
@@ -18,6 +19,30 @@ IMG = (64, 96)  # vit_nano, patch 16 -> grid 4 x 6, N = 24
 GRID = (4, 6)
 N = 24
 C = 48
+
+# Overhead MACs per sample worked out by hand (vpp-notes §4.2 "Cost", §5; multiply-adds of the matmuls only,
+# LayerNorm / softmax / pooling / top-k left out), at N = 24 tokens of width C = 48:
+# SM = MLP C -> C/4 -> 2 on all N tokens: 24 x (48 x 12 + 12 x 2) = 24 x 600 = 14_400.
+SM_MACS = 14_400
+# Map-SM selector = MLP C -> C/2 -> 2 on all N tokens: 24 x (48 x 24 + 24 x 2) = 24 x 1_200 = 28_800.
+MAP_SM_SELECTOR_MACS = 28_800
+# Map-SM association at inference against the K kept previous keys: Phi_sim = x_q (N x C) @ x_k^T (C x K)
+# = N K C = 24 x 48 = 1_152 MACs per kept key; x_hat is gathered by the argmax index (no matmul).
+MAP_SM_MACS_PER_KEPT_KEY = 1_152
+
+
+def _counted_pruner_macs(model: torch.nn.Module, frame: torch.Tensor, state, grad: bool = False) -> float:
+    """MACs that Map-SM and the SMs really execute in one forward of a batch-1 ``frame`` (with or without a
+    graph), counted by ``torch.utils.flop_counter`` (FLOPs of mm / addmm / bmm / baddbmm = 2 x MACs),
+    independent of the pruner's own bookkeeping. Batch 1: no padding of the kept keys, so executed = per-sample
+    work."""
+    assert frame.shape[0] == 1
+    with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
+        model(frame, state)
+    per_module = counter.get_flop_counts()
+    names = [k for k in per_module if re.search(r"\.pruner\.(map_sm|sms\.\d+)$", k)]
+    assert names, list(per_module)
+    return sum(sum(per_module[k].values()) for k in names) / 2
 
 
 def _model(**kw) -> torch.nn.Module:
@@ -43,8 +68,9 @@ def test_first_frame_has_no_map_sm_and_returns_state():
     masks = out.keep.masks
     assert masks[:, :3].all()  # blocks 0-2 dense
     assert _is_nested(masks, 3)
-    # overhead: only the three SMs
-    assert torch.allclose(out.keep.overhead_macs, torch.full((2,), 3.0 * sm_macs(N, C), dtype=torch.float64))
+    # overhead: only the three SMs, 3 x 14_400 MACs
+    assert out.keep.overhead_macs.tolist() == [43_200.0, 43_200.0]
+    assert _counted_pruner_macs(model, x[:1], None) == 43_200
     st = out.state
     assert isinstance(st, TemporalState) and st.valid.all() and st.grid == GRID
     assert torch.equal(st.key, out.intermediates[1])  # block-0 output
@@ -65,12 +91,29 @@ def test_second_frame_map_sm_keeps_floor_nm_and_masks_nest(execution):
     assert torch.equal(masks[:, 1], masks[:, 2])
     assert _is_nested(masks, 1)
     # inference maps from the previous frame's kept tokens only: N K C instead of 2 N^2 C
-    expected = [map_sm_macs(N, C, int(kp)) + 3 * sm_macs(N, C) for kp in st.mask.sum(-1)]
-    assert torch.allclose(out.keep.overhead_macs, torch.tensor(expected, dtype=torch.float64))
+    expected = [MAP_SM_MACS_PER_KEPT_KEY * int(kp) + MAP_SM_SELECTOR_MACS + 3 * SM_MACS for kp in st.mask.sum(-1)]
+    assert out.keep.overhead_macs.tolist() == expected
+    assert st.mask.sum(-1).tolist() != [N, N]  # the K of the formula is the kept count, not N
     # the next key is the block-0 output, not the block-2 output (official in-place scatter bug, §12.1)
     assert torch.equal(out.state.key, out.intermediates[1])
     kept = masks[:, 1]
     assert not torch.allclose(out.state.key[kept], out.intermediates[3][kept])
+
+
+def test_reported_overhead_equals_counted_macs():
+    """The reported overhead is the work Map-SM and the SMs execute (counted by torch), in both Map-SM paths."""
+    model = _model().eval()
+    f0, f1 = (f[:1] for f in _frames(2))
+    with torch.no_grad():
+        st = model(f0, None).state
+        reported = model(f1, st).keep.overhead_macs.item()
+    k = int(st.mask.sum())
+    assert 0 < k < N
+    assert reported == _counted_pruner_macs(model, f1, st) == 1_152 * k + 28_800 + 43_200
+    # graph path (training): Phi_sim and A @ x_v over all N previous tokens, 2 N^2 C = 2 x 24^2 x 48 = 55_296
+    model.train()
+    reported = model(f1, st).keep.overhead_macs.item()
+    assert reported == _counted_pruner_macs(model, f1, st, grad=True) == 55_296 + 28_800 + 43_200
 
 
 def test_mixed_batch_new_video_runs_dense_blocks_1_2():
@@ -83,7 +126,7 @@ def test_mixed_batch_new_video_runs_dense_blocks_1_2():
     assert counts[0, 1:3].tolist() == [N, N]
     assert counts[1, 1:3].tolist() == [math.floor(N * 0.7)] * 2
     oh = out.keep.overhead_macs
-    assert oh[1] - oh[0] == pytest.approx(map_sm_macs(N, C, int(st.mask[1].sum())))
+    assert oh[1] - oh[0] == MAP_SM_MACS_PER_KEPT_KEY * int(st.mask[1].sum()) + MAP_SM_SELECTOR_MACS
     assert out.state.valid.all()  # both samples now have a previous frame
     # the continuing sample gets the same mask as when run alone (deterministic mode)
     det = _model(inference_noise=False).eval()
