@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vppkit.config import load_config
-from vppkit.engine.train import load_model, train
+from vppkit.engine.checkpoint import load_model
+from vppkit.engine.train import train
 from vppkit.models.vis.model import build_vis_model
 
 TINY = ["data.num_videos=2", "data.num_val_videos=1", "data.num_frames=4", "data.height=64", "data.width=64",
