@@ -100,11 +100,11 @@ def setup_section(ctx: Context) -> list[str]:
     """
     from analyses.paper_values import PAPER_SETUP, PAPER_SETUP_SOURCE
     from vppkit.config import img_size_hw
-    from vppkit.models.vit import build_backbone
+    from vppkit.models.vit import patch_grid
 
     cfg, m, d = ctx.cfg, ctx.cfg["model"], ctx.cfg["data"]
     size = img_size_hw(m["img_size"])
-    grid = build_backbone(m["arch"], img_size=size).grid_for(*size)
+    grid = patch_grid(m["arch"], size)
     source = d.get("source", "synthetic")
     if source == "synthetic":
         data = (f"synthetic YouTube-VIS-format videos: {d.get('num_videos')} train / {d.get('num_val_videos')} "
@@ -146,7 +146,7 @@ def models_section(ctx: Context) -> list[str]:
     caveat) or trained from scratch, frozen or not, and flags a pretrained backbone that fell back to random
     init (missing ``[pretrained]`` extra), whose numbers are not comparable. Empty when nothing was evaluated.
     """
-    from vppkit.metrics.fgs_frames import IMGFOCUS_CAVEAT
+    from analyses.caveats import IMGFOCUS_CAVEAT
 
     rows, sources, fallbacks = [], set(), []
     for path in sorted(ctx.results_dir.glob("eval_*.json")):

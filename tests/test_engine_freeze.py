@@ -108,7 +108,7 @@ def test_missing_imgfocus_falls_back_and_records_reason(cache, monkeypatch):
 
 
 def test_imgfocus_pretrained_backbone_loads(cache):
-    from vppkit.metrics.fgs_frames import imgfocus_available
+    from vppkit.models.backbones import imgfocus_available
 
     ok, why = imgfocus_available()
     if not ok:

@@ -277,3 +277,15 @@ def test_forward_intermediates_pass_the_pruner_state():
         out, feats = bb.forward_intermediates(x, state=masks)
     assert all(torch.equal(a, b) for a, b in zip(feats, ref.intermediates))
     assert torch.equal(out.keep.masks[0], masks)
+
+
+def test_patch_grid_without_building_matches_the_built_model():
+    from vppkit.models.vit import arch_patch_size, patch_grid
+
+    assert arch_patch_size("vit_small_patch14_dinov2") == 14 and arch_patch_size("vit_nano") == 16
+    assert patch_grid("vit_small_patch14_dinov2", (84, 98)) == (6, 7) and patch_grid("vit_tiny", 96) == (6, 6)
+    for arch in ("vit_tiny", "vit_nano", "vit_small_patch14_dinov2"):
+        size = (112, 224)
+        assert patch_grid(arch, size) == build_backbone(arch, img_size=size).grid_for(*size), arch
+    with pytest.raises(ValueError, match="unknown backbone arch"):
+        patch_grid("nope", 64)

@@ -126,7 +126,7 @@ def _data_section(args: argparse.Namespace) -> dict:
 
 def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
     from vppkit.data.splits import resolve_split
-    from vppkit.metrics.fgs_frames import FrameSet
+    from vppkit.engine.features import FrameSet
 
     if spec in SPLITS:
         js, root = resolve_split(cfg_getter()["data"], spec)
@@ -138,12 +138,13 @@ def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
 
 
 def run_fgs_command(args: argparse.Namespace) -> int:
-    """``vppkit fgs``: :func:`vppkit.metrics.fgs_frames.fgs_on_frames` on one backbone; JSON + CSV + table."""
+    """``vppkit fgs``: :func:`vppkit.engine.features.fgs_on_frames` on one backbone; JSON + CSV + table."""
     import pandas as pd
 
+    from analyses.fgs import format_layers
+    from vppkit.engine.features import FGSFramesConfig, dense_backbone, fgs_on_frames
     from vppkit.metrics.fgs import split_by_video
-    from vppkit.metrics.fgs_frames import (FGSFramesConfig, dense_backbone, fgs_on_frames, format_layers,
-                                           imgfocus_backbone, random_backbone)
+    from vppkit.models.backbones import imgfocus_backbone, random_backbone
     from vppkit.utils.provenance import provenance
 
     cache: dict = {}

@@ -32,6 +32,7 @@ output is never modified in place (vpp-notes §12.1).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from vppkit.config import img_size_hw
 from vppkit.models.pruning.base import BlockAttention, DensePruner, Pruner
 from vppkit.models.records import KeepRecord
 
@@ -61,6 +63,32 @@ ARCHS: dict[str, tuple[str | None, dict]] = {
     "vit_micro": (None, dict(patch_size=16, embed_dim=96, depth=12, num_heads=3)),   # CPU profile
     "vit_nano": (None, dict(patch_size=16, embed_dim=48, depth=12, num_heads=2)),    # tests / smoke
 }
+
+
+def arch_patch_size(arch: str) -> int:
+    """Patch size in pixels of an :data:`ARCHS` entry, read from its spec without building the model (the
+    ``patch_size`` kwarg, else the ``patch<P>`` part of the timm model name).
+
+    Raises:
+        ValueError: unknown arch, or a spec that names no patch size.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone arch {arch!r}; choose from {sorted(ARCHS)}")
+    name, args = ARCHS[arch]
+    if "patch_size" in args:
+        return int(args["patch_size"])
+    m = re.search(r"patch(\d+)", name or "")
+    if m is None:
+        raise ValueError(f"arch {arch!r}: no patch size in its spec {ARCHS[arch]}")
+    return int(m.group(1))
+
+
+def patch_grid(arch: str, img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Patch grid (H_p, W_p) = (H // P, W // P) of ``arch`` at input ``img_size`` (int or (H, W)), without building
+    the model; the same as ``build_backbone(arch, img_size).grid_for(H, W)``."""
+    h, w = img_size_hw(img_size)
+    p = arch_patch_size(arch)
+    return h // p, w // p
 
 
 @dataclass
