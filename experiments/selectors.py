@@ -4,9 +4,10 @@ EVTP-IVS states as its empirical premise that "subset token coverage correlates 
 performance" (evtp-notes §1, §4) but its correlation figure and coefficients were not retrievable. This
 study tests the premise on our ViT VIS model: the training-free selectors of
 :mod:`vppkit.models.pruning.selection` (random, uniform grid, attention received, plain k-center, DivPrune,
-spatial k-center with a λ sweep) choose k = floor(r·N) patch tokens (:func:`vppkit.models.pruning.schedules.keep_count`) of every frame **at one block b**
+spatial k-center with a λ sweep) choose k = floor(r·N) patch tokens of every frame **at one block b**
 (0-based; figures say layer b+1) from the tokens entering that block; blocks 0..b-1 run dense, blocks
-b..depth-1 process only the selection (dropped tokens keep their block-b value, the PrunableViT convention).
+b..depth-1 process only the selection (dropped tokens keep their block-b value, the PrunableViT convention);
+k follows the pruners' count rule (:func:`vppkit.models.pruning.schedules.keep_count`).
 
 Measured per (selector, λ, seed, keep ratio), on the held-out split (subsampled frames):
 
