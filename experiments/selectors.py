@@ -333,13 +333,19 @@ class _Clip:
 
 @dataclass
 class _Tally:
-    """Per (condition name, keep ratio): IoI accumulator, coverage and radius per frame, YouTube-VIS results."""
+    """What the study gathers: per (condition name, keep ratio) the IoI accumulator, coverage and radius per frame
+    and the YouTube-VIS results; k per keep ratio; frames used per video id; the qualitative panel; seconds."""
 
     depth: int
     ioi: dict = field(default_factory=dict)
     coverage: dict = field(default_factory=dict)
     radius: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    used: dict = field(default_factory=dict)
+    qualitative: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=lambda: {"features": 0.0, "selection": 0.0, "inference": 0.0,
+                                                  "ap_eval": 0.0})
 
     def add(self, key: tuple, clip: _Clip, sel: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int]) -> None:
         acc = self.ioi.setdefault(key, IoIAccumulator(self.depth))
@@ -399,6 +405,51 @@ def _ap_fields(gt: dict, results: list[dict]) -> dict:
     return {m: (None if v is None or v < 0 else float(v)) for m, v in ap.items()}
 
 
+def _run_clip(ctx: Context, model, frames: VideoFrames, clip: _Clip, todo: list, settings: dict,
+              evs: EvalSettings, gens: dict, qual_ratio: float, tally: _Tally) -> tuple[int, int]:
+    """One video: dense tokens entering the selection block, then per (condition, keep ratio) the selection, its
+    keep schedule, IoI / coverage / radius and (``settings["ap"]``) the pruned model's results. Returns the grid."""
+    block, timing = settings["block"], tally.timing
+    t0 = time.perf_counter()
+    xb, rb, grid = _clip_features(model, clip, block, settings["batch"])
+    timing["features"] += time.perf_counter() - t0
+    n = xb.shape[1]
+    for cond, ratio in todo:
+        key = (cond["name"], ratio)
+        k = tally.counts.setdefault(ratio, keep_count(n, ratio))
+        t0 = time.perf_counter()
+        if cond["selector"] == "dense":
+            sel = torch.ones(len(clip.ts), n, dtype=torch.bool)
+        else:
+            sel = select_tokens(cond, xb, k, grid, attention=rb, generator=gens.get(cond["name"]))
+        timing["selection"] += time.perf_counter() - t0
+        masks = schedule_masks(sel, block, tally.depth)
+        tally.add(key, clip, sel, masks, grid)
+        if clip.vi == 0 and ratio == qual_ratio and cond["seed"] in (None, settings["seeds"][0]):
+            _keep_qualitative(tally.qualitative, ctx, clip, cond, ratio, k, sel)
+        if settings["ap"]:
+            t0 = time.perf_counter()
+            res, _ = infer_video(model, frames, clip.vi, evs, keep_masks=masks, frame_indices=clip.ts,
+                                 batch=settings["batch"], images=clip.images)
+            tally.results.setdefault(key, []).extend(res)
+            timing["inference"] += time.perf_counter() - t0
+    return grid
+
+
+def _rows(frames: VideoFrames, todo: list, settings: dict, tally: _Tally, block: int) -> list[dict]:
+    """One row per (condition, keep ratio), with the video AP against the ground truth of the processed frames."""
+    gt = subset_frames(frames.ds, tally.used) if settings["ap"] else None
+    rows = []
+    for cond, ratio in todo:
+        row = _row(cond, ratio, tally.counts[ratio], tally, block)
+        if settings["ap"]:
+            t0 = time.perf_counter()
+            row.update(_ap_fields(gt, tally.results[(cond["name"], ratio)]))
+            tally.timing["ap_eval"] += time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
 def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
     """Run the study with the trained dense VIS model ``checkpoint`` (see the module docstring).
 
@@ -436,50 +487,16 @@ def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
     log.info("selectors: %d conditions x %d keep ratios at block %d on %d videos of %s", len(conds), len(ratios),
              block, nvid, js)
 
-    timing = {"features": 0.0, "selection": 0.0, "inference": 0.0, "ap_eval": 0.0}
     tally = _Tally(depth)
     gens = {c["name"]: torch.Generator().manual_seed(int(c["seed"])) for c in conds if c["seed"] is not None}
-    used: dict[int, list[int]] = {}
-    counts: dict[float, int] = {}
-    qualitative: dict[str, Any] = {}
     grid = None
     for vi in range(nvid):
         clip = _read_clip(frames, vi, settings, patch, rule)
-        used[clip.vid["id"]] = clip.ts
-        t0 = time.perf_counter()
-        xb, rb, grid = _clip_features(model, clip, block, settings["batch"])
-        timing["features"] += time.perf_counter() - t0
-        n = xb.shape[1]
-        for cond, ratio in todo:
-            key = (cond["name"], ratio)
-            k = counts.setdefault(ratio, keep_count(n, ratio))
-            t0 = time.perf_counter()
-            if cond["selector"] == "dense":
-                sel = torch.ones(len(clip.ts), n, dtype=torch.bool)
-            else:
-                sel = select_tokens(cond, xb, k, grid, attention=rb, generator=gens.get(cond["name"]))
-            timing["selection"] += time.perf_counter() - t0
-            masks = schedule_masks(sel, block, depth)
-            tally.add(key, clip, sel, masks, grid)
-            if vi == 0 and ratio == qual_ratio and cond["seed"] in (None, settings["seeds"][0]):
-                _keep_qualitative(qualitative, ctx, clip, cond, ratio, k, sel)
-            if settings["ap"]:
-                t0 = time.perf_counter()
-                res, _ = infer_video(model, frames, vi, evs, keep_masks=masks, frame_indices=clip.ts,
-                                     batch=settings["batch"], images=clip.images)
-                tally.results.setdefault(key, []).extend(res)
-                timing["inference"] += time.perf_counter() - t0
-
-    gt = subset_frames(frames.ds, used) if settings["ap"] else None
-    rows = []
-    for cond, ratio in todo:
-        row = _row(cond, ratio, counts[ratio], tally, block)
-        if settings["ap"]:
-            t0 = time.perf_counter()
-            row.update(_ap_fields(gt, tally.results[(cond["name"], ratio)]))
-            timing["ap_eval"] += time.perf_counter() - t0
-        rows.append(row)
-    qualitative["grid"] = list(grid)
+        tally.used[clip.vid["id"]] = clip.ts
+        grid = _run_clip(ctx, model, frames, clip, todo, settings, evs, gens, qual_ratio, tally)
+    rows = _rows(frames, todo, settings, tally, block)
+    tally.qualitative["grid"] = list(grid)
+    used = tally.used
     return {
         "profile": ctx.profile,
         "settings": settings,
@@ -495,8 +512,8 @@ def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
         "conditions": conds,
         "rows": rows,
         "correlations": correlations(rows, ("IoI", "AP") if settings["ap"] else ("IoI",)),
-        "qualitative": qualitative,
-        "timing": {k: round(v, 2) for k, v in timing.items()},
+        "qualitative": tally.qualitative,
+        "timing": {k: round(v, 2) for k, v in tally.timing.items()},
         "notes": [n.format(block=block, layer=block + 1) for n in NOTES],
     }
 
