@@ -193,8 +193,9 @@ def oracle_table(ctx: Context, result: dict) -> list[Entry]:
            "A negative Δ means the model needs its instance patches more (the premise of VPP supp. §E that task-"
            "trained gates favour instances); a positive Δ means it needs the background more, and a task-trained "
            f"gate will spend its budget there. {data['frames']} frames of {data['videos']} held-out videos; instance "
-           f"patches are {data['instance_patch_share']:.1f} % of all patches (rule '{data['patch_rule']}'). AP with "
-           "the 'mean' track score (as the selectors study), so the dense AP can differ from the results table. "
+           f"patches are {data['instance_patch_share']:.1f} % of all patches (rule '{data['patch_rule']}'). AP by the "
+           "results table's inference loop and eval settings; with every frame of every held-out video the dense AP "
+           "is the results table's. "
            "Beyond the paper: it reports no such experiment. " + _ours_note(ctx, result))
     return [_table_entry(ctx, out, "oracle_table", "Oracle pruning: instance vs background patches", cap, ".1f")]
 

@@ -32,6 +32,7 @@ output is never modified in place (vpp-notes §12.1).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from vppkit.config import img_size_hw
 from vppkit.models.pruning.base import BlockAttention, DensePruner, Pruner
 from vppkit.models.records import KeepRecord
 
@@ -61,6 +63,32 @@ ARCHS: dict[str, tuple[str | None, dict]] = {
     "vit_micro": (None, dict(patch_size=16, embed_dim=96, depth=12, num_heads=3)),   # CPU profile
     "vit_nano": (None, dict(patch_size=16, embed_dim=48, depth=12, num_heads=2)),    # tests / smoke
 }
+
+
+def arch_patch_size(arch: str) -> int:
+    """Patch size in pixels of an :data:`ARCHS` entry, read from its spec without building the model (the
+    ``patch_size`` kwarg, else the ``patch<P>`` part of the timm model name).
+
+    Raises:
+        ValueError: unknown arch, or a spec that names no patch size.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone arch {arch!r}; choose from {sorted(ARCHS)}")
+    name, args = ARCHS[arch]
+    if "patch_size" in args:
+        return int(args["patch_size"])
+    m = re.search(r"patch(\d+)", name or "")
+    if m is None:
+        raise ValueError(f"arch {arch!r}: no patch size in its spec {ARCHS[arch]}")
+    return int(m.group(1))
+
+
+def patch_grid(arch: str, img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Patch grid (H_p, W_p) = (H // P, W // P) of ``arch`` at input ``img_size`` (int or (H, W)), without building
+    the model; the same as ``build_backbone(arch, img_size).grid_for(H, W)``."""
+    h, w = img_size_hw(img_size)
+    p = arch_patch_size(arch)
+    return h // p, w // p
 
 
 @dataclass
@@ -416,6 +444,53 @@ class PrunableViT(nn.Module):
         x = v.norm_pre(x)
         return x, grid
 
+    def _mode(self, execution: str | None) -> str:
+        mode = execution or ("masked" if self.training else "gathered")
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {mode!r}")
+        if self.pruner.merges_tokens and mode == "masked":
+            raise ValueError(f"{type(self.pruner).__name__} merges tokens and has no masked execution; "
+                             "use execution='gathered'")
+        return mode
+
+    def _run_blocks(self, images: torch.Tensor, state: Any, mode: str, keep_features: bool,
+                    last_block: int | None = None):
+        """Embed and run blocks 0..``last_block`` (default all) under the pruner.
+
+        Returns:
+            (x (B, P + N, C) after the last block run, before the final norm; grid; pruner context; list of the
+            (B, N) bool masks in force at each block run; features x_0 .. x_{last+1} as (B, P + N, C) tensors when
+            ``keep_features``, else None).
+        """
+        x, grid = self.embed(images)
+        p = self.num_prefix_tokens
+        ctx = self.pruner.begin(x[:, p:], grid, state)
+        keep = x.new_ones(x.shape[0], x.shape[1] - p)
+        feats = [x] if keep_features else None
+        masks = []
+        blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
+        for b, blk in enumerate(blocks):
+            keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
+            masks.append(keep.detach() > 0.5)
+            want = b in self.pruner.needs_attention
+            if mode == "masked":
+                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
+            else:
+                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
+            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+            if feats is not None:
+                feats.append(x)
+        return x, grid, ctx, masks, feats
+
+    def _output(self, x: torch.Tensor, grid, ctx, masks: list, mode: str, inter) -> BackboneOutput:
+        p = self.num_prefix_tokens
+        x = self.vit.norm(x)
+        next_state, aux_loss, overhead = self.pruner.finish(ctx)
+        record = KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead, method=self.pruner.name,
+                                       execution=mode, **self.pruner.extra_meta())
+        return BackboneOutput(tokens=x[:, p:], grid=grid, prefix=x[:, :p], intermediates=inter, keep=record,
+                              state=next_state, aux_loss=aux_loss.to(x.device))
+
     def forward(self, images: torch.Tensor, state: Any = None, *, execution: str | None = None,
                 return_intermediates: bool = False) -> BackboneOutput:
         """Run the backbone with the pruner's keep masks.
@@ -432,37 +507,78 @@ class PrunableViT(nn.Module):
         Raises:
             ValueError: unknown execution mode, bad image shape, or masked mode with a merging pruner.
         """
-        mode = execution or ("masked" if self.training else "gathered")
-        if mode not in EXECUTION_MODES:
-            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {mode!r}")
+        mode = self._mode(execution)
         if self.pruner.merges_tokens:
-            if mode == "masked":
-                raise ValueError(f"{type(self.pruner).__name__} merges tokens and has no masked execution; "
-                                 "use execution='gathered'")
             return self.pruner.merge_forward(self, images, state, return_intermediates=return_intermediates)
-        x, grid = self.embed(images)
+        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates)
         p = self.num_prefix_tokens
-        ctx = self.pruner.begin(x[:, p:], grid, state)
-        keep = x.new_ones(x.shape[0], x.shape[1] - p)
-        inter = [x[:, p:]] if return_intermediates else None
-        masks = []
-        for b, blk in enumerate(self.vit.blocks):
-            keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
-            masks.append(keep.detach() > 0.5)
-            want = b in self.pruner.needs_attention
-            if mode == "masked":
-                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
-            else:
-                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
-            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
-            if inter is not None:
-                inter.append(x[:, p:])
-        x = self.vit.norm(x)
-        next_state, aux_loss, overhead = self.pruner.finish(ctx)
-        record = KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead, method=self.pruner.name,
-                                       execution=mode, **self.pruner.extra_meta())
-        return BackboneOutput(tokens=x[:, p:], grid=grid, prefix=x[:, :p], intermediates=inter, keep=record,
-                              state=next_state, aux_loss=aux_loss.to(x.device))
+        inter = [f[:, p:] for f in feats] if feats is not None else None
+        return self._output(x, grid, ctx, masks, mode, inter)
+
+    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              *, state: Any = None, stop_early: bool = False, return_prefix_tokens: bool = False,
+                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False):
+        """Features x_i of chosen layers, in the manner of timm's ``VisionTransformer.forward_intermediates``.
+
+        Feature indices follow :attr:`BackboneOutput.intermediates` (x_0 = patch + position embedding, x_i = output
+        of block i-1, i = 0..depth), not timm's block indices (timm's index i is our x_{i+1}); the features are the
+        same tensors as ``forward(..., return_intermediates=True).intermediates[i]``.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+            indices: None = all of x_0 .. x_depth; an int n = the last n features; a list = those feature indices
+                (returned in ascending order, each once).
+            state: the pruner's state (as :meth:`forward`; e.g. the (B, depth, N) keep masks of an
+                :class:`~vppkit.models.pruning.base.ExternalMaskPruner`).
+            stop_early: run only the blocks the requested features need (x_i needs blocks 0..i-1); later blocks are
+                not run, and the final output is then None. Merging pruners (ToMe) always run every block.
+            return_prefix_tokens: each feature is (patches (B, N, C), prefix (B, P, C)) instead of patches only.
+            norm: apply the backbone's final norm to each feature (timm's ``norm=True``).
+            execution: as :meth:`forward`.
+            intermediates_only: return only the list of features.
+
+        Returns:
+            features (list, one per requested index, ascending) when ``intermediates_only``; else
+            (:class:`BackboneOutput` of the full forward, or None when ``stop_early`` skipped blocks, features).
+
+        Raises:
+            ValueError: an index outside [0, depth] or an int outside [1, depth + 1]; errors of :meth:`forward`.
+        """
+        n_feat = self.depth + 1
+        if indices is None:
+            idx = list(range(n_feat))
+        elif isinstance(indices, int):
+            if not 1 <= indices <= n_feat:
+                raise ValueError(f"forward_intermediates: the last n features need 1 <= n <= {n_feat}, got {indices}")
+            idx = list(range(n_feat - indices, n_feat))
+        else:
+            idx = sorted({int(i) for i in indices})
+            bad = [i for i in idx if not 0 <= i < n_feat]
+            if bad or not idx:
+                raise ValueError(f"forward_intermediates: feature indices must lie in [0, {self.depth}], got "
+                                 f"{list(indices)}")
+        mode = self._mode(execution)
+        p = self.num_prefix_tokens
+        out = None
+        if self.pruner.merges_tokens:
+            out = self.pruner.merge_forward(self, images, state, return_intermediates=True)
+            picked = [(out.intermediates[i], None) for i in idx]
+            if return_prefix_tokens or norm:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: its intermediates have no prefix "
+                                 "tokens to return or normalise")
+        else:
+            last = max(idx) - 1 if stop_early else None          # x_i is the output of block i - 1
+            x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, True,
+                                                          None if last is None or last >= self.depth - 1
+                                                          else max(last, -1))
+            if len(masks) == self.depth:
+                out = self._output(x, grid, ctx, masks, mode, None)
+            picked = []
+            for i in idx:
+                f = self.vit.norm(feats[i]) if norm else feats[i]
+                picked.append((f[:, p:], f[:, :p]))
+        result = [pair if return_prefix_tokens else pair[0] for pair in picked]
+        return result if intermediates_only else (out, result)
 
     def feature_map(self, images: torch.Tensor, state: Any = None, **kw) -> torch.Tensor:
         """Final tokens as (B, C, H_p, W_p) (drops state / records; see :meth:`forward`)."""

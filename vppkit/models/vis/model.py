@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vppkit.config import img_size_hw
 from vppkit.models.vis.decoder import MaskDecoder
@@ -22,9 +23,6 @@ log = logging.getLogger("vppkit.model")
 
 #: Values of ``model.pretrained`` (None / "none" = no pretrained weights).
 PRETRAINED = ("imgfocus",)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -75,8 +73,8 @@ class VISModel(nn.Module):
         self.num_classes = num_classes
         self.pyramid = SimplePyramid(embed_dim, dim)
         self.decoder = MaskDecoder(dim, num_classes, num_queries, dec_layers, heads)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone_frozen = False
         #: what the backbone was built from (:func:`resolve_backbone`; set by :func:`build_vis_model`)
         self.backbone_info: dict = {}
