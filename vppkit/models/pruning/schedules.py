@@ -130,11 +130,17 @@ class VPPSchedule:
         Raises:
             ValueError: ``floor(N m) < 1``.
         """
-        fr = self.block_keep_fractions(first_frame)
-        map_k = float(keep_count(num_patches, self.m))
-        return [float(num_patches) if b < self.map_block
-                else (map_k if not first_frame else float(num_patches)) if b < self.sm_blocks[0]
-                else num_patches * f for b, f in enumerate(fr)]
+        n = float(num_patches)
+        map_k = n if first_frame else float(keep_count(num_patches, self.m))
+        counts = []
+        for b, f in enumerate(self.block_keep_fractions(first_frame)):
+            if b < self.map_block:
+                counts.append(n)
+            elif b < self.sm_blocks[0]:
+                counts.append(map_k)
+            else:
+                counts.append(num_patches * f)
+        return counts
 
     def nominal_pkr(self, first_frame: bool = False) -> float:
         """PKR (fraction, not %) when every target is met exactly: mean of :meth:`block_keep_fractions`."""
