@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vppkit.models.pruning.base import Pruner
+from vppkit.models.pruning.base import BlockCounts, Pruner
 
 
 def _identity(x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
@@ -173,6 +173,25 @@ class ToMePruner(Pruner):
             raise ValueError(f"ToMe r schedule must be {depth} non-negative ints, got {r}")
         self.r = sched
         self.prop_attn = prop_attn
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """Patch tokens entering each block's attention (``attn``) and MLP (``mlp``), exact.
+
+        Block b merges ``r_b' = min(r_b, n_b // 2)`` of the ``n_b`` patch tokens entering it, between its
+        attention and its MLP (the rule of :meth:`merge_forward`; prefix tokens are never merged): ``attn[b] =
+        n_b``, ``mlp[b] = n_{b+1} = n_b - r_b'``. E.g. N = 144, r = 13: attn ``144, 131, 118, ...``.
+
+        Raises:
+            ValueError: ``depth`` differs from the length of the r schedule.
+        """
+        if depth != len(self.r):
+            raise ValueError(f"ToMePruner has an r schedule of {len(self.r)} blocks, the backbone has {depth}")
+        attn, mlp, n = [], [], num_patches
+        for r in self.r:
+            attn.append(n)
+            n -= min(r, n // 2)
+            mlp.append(n)
+        return BlockCounts(num_patches, tuple(attn), tuple(mlp))
 
     def merge_forward(self, backbone, images: torch.Tensor, state: Any = None, *, return_intermediates: bool = False):
         """Run ``backbone`` (a PrunableViT) with merging; returns a ``BackboneOutput`` on the full grid."""
