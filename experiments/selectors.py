@@ -70,7 +70,8 @@ from vppkit.metrics.ytvis_ap import evaluate_video_ap
 from vppkit.models.pruning.base import ExternalMaskPruner
 from vppkit.models.pruning.schedules import keep_count
 from vppkit.models.pruning.selection import SELECTORS, keep_mask_from_indices, spatial_coverage
-from vppkit.models.vit import PrunableViT, attention_stats, block_attention_probs
+from vppkit.models.blocks import attention_stats, block_attention_probs
+from vppkit.models.vit import PrunableViT
 from vppkit.utils.io import atomic_write_bytes
 
 log = logging.getLogger("vppkit.experiments")
@@ -172,7 +173,7 @@ def block_features(model, images: torch.Tensor, block: int) -> tuple[torch.Tenso
     """Dense tokens entering ``block`` and the attention each patch receives in that block.
 
     The tokens are :meth:`vppkit.models.vit.PrunableViT.forward_intermediates` feature x_b (blocks 0..b-1 run
-    dense, later blocks not run); block b is then run by :func:`vppkit.models.vit.block_attention_probs` for its
+    dense, later blocks not run); block b is then run by :func:`vppkit.models.blocks.block_attention_probs` for its
     attention probabilities.
 
     Args:

@@ -7,8 +7,9 @@ import timm
 import torch
 
 from vppkit.models.pruning.base import ExternalMaskPruner
-from vppkit.models.vit import (ARCHS, PrunableViT, build_backbone, run_block_gathered, run_block_masked,
-                               tokens_to_map)
+from vppkit.models.blocks import run_block_gathered, run_block_masked
+from vppkit.models.records import tokens_to_map
+from vppkit.models.vit import ARCHS, PrunableViT, build_backbone
 
 torch.set_num_threads(1)
 

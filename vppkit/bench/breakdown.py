@@ -13,7 +13,8 @@ from vppkit.bench.timing import machine_info, time_calls
 from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, ratio_schedule
 from vppkit.models.pruning.vpp import VPPPruner
 from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
-from vppkit.models.vit import build_backbone, run_block_gathered
+from vppkit.models.blocks import run_block_gathered
+from vppkit.models.vit import build_backbone
 
 __all__ = ["block_breakdown"]
 
@@ -27,7 +28,7 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
 
     - ``dense_block``: the block on all N (+ prefix) tokens;
     - ``compute_K``: the block on a contiguous (B, K + P, C) tensor (pure compute, no gather/scatter);
-    - ``gathered``: :func:`vppkit.models.vit.run_block_gathered` (gather + block + scatter), equal counts;
+    - ``gathered``: :func:`vppkit.models.blocks.run_block_gathered` (gather + block + scatter), equal counts;
     - ``gather_scatter = gathered - compute_K``;
     - ``mac_proportional = dense_block * MACs(K) / MACs(N)``: the time if compute scaled with MACs;
     - batch > 1 with unequal per-sample counts (K (1 +- ``spread``), same mean): ``pad`` and ``loop`` impls

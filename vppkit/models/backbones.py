@@ -20,8 +20,14 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vppkit.config import img_size_hw
 from vppkit.models.vit import build_backbone
-from vppkit.weights.imgfocus import ARCH, NAME, PATCH_SIZE, ImgFocusError, ensure_imgfocus_checkpoint, \
-    find_imgfocus_onnx
+from vppkit.weights.imgfocus import (
+    ARCH,
+    NAME,
+    PATCH_SIZE,
+    ImgFocusError,
+    ensure_imgfocus_checkpoint,
+    find_imgfocus_onnx,
+)
 
 __all__ = ["FrozenBackbone", "imagenet_normalize", "freeze", "check_patch_multiple", "random_backbone",
            "imgfocus_available", "imgfocus_backbone"]

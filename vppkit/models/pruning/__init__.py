@@ -11,8 +11,15 @@
 Temporal state (VPP) is passed in and returned, never stored on a module.
 """
 
-from vppkit.models.pruning.base import (BlockAttention, BlockCounts, DensePruner,  # noqa: F401
-                                        ExternalMaskPruner, ForcedSchedulePruner, PruneContext, Pruner)
+from vppkit.models.pruning.base import (  # noqa: F401
+    BlockAttention,
+    BlockCounts,
+    DensePruner,
+    ExternalMaskPruner,
+    ForcedSchedulePruner,
+    PruneContext,
+    Pruner,
+)
 from vppkit.models.pruning.dynamicvit import DynamicViTPruner
 from vppkit.models.pruning.evit import EViTPruner
 from vppkit.models.pruning.svit import SViTPruner

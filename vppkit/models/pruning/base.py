@@ -44,24 +44,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-
-@dataclass
-class BlockAttention:
-    """Attention statistics of one block, on the full patch grid (0 at tokens that did not take part).
-
-    Attributes:
-        cls: (B, N) attention from the CLS token to each patch token, mean over heads; ``None`` when the
-            backbone has no CLS token.
-        received: (B, N) attention each patch token receives, mean over the block's (kept) query tokens,
-            prefix queries included, then over heads (VisPruner's SigLIP path, evtp-notes).
-    """
-
-    cls: torch.Tensor | None
-    received: torch.Tensor
-
-    def score(self) -> torch.Tensor:
-        """CLS attention when available, else the attention received (EViT's rule, evtp-notes). (B, N)."""
-        return self.cls if self.cls is not None else self.received
+from vppkit.models.records import BlockAttention
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from typing import Mapping
 
 import torch
 
-from vppkit.models.pruning.base import BlockAttention, BlockCounts, PruneContext, Pruner
+from vppkit.models.pruning.base import BlockCounts, PruneContext, Pruner
 from vppkit.models.pruning.gumbel import topk_mask
+from vppkit.models.records import BlockAttention
 
 EVIT_BLOCKS = (3, 6, 9)
 """0-based blocks where EViT prunes (DeiT-S/B: 4th, 7th and 10th layer)."""

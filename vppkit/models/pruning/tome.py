@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from vppkit.models.blocks import check_plain_block
 from vppkit.models.pruning.base import BlockCounts, Pruner
+from vppkit.models.records import BackboneOutput, KeepRecord
 
 
 def _identity(x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
@@ -125,8 +127,7 @@ def tome_block(block: nn.Module, x: torch.Tensor, size: torch.Tensor, source: to
     Returns:
         (x, size, source, pos) after the block.
     """
-    from vppkit.models.vit import _check_plain_block
-    _check_plain_block(block)
+    check_plain_block(block)
     a = block.attn
     p = num_prefix
     bsz, t, c = x.shape
@@ -195,9 +196,6 @@ class ToMePruner(Pruner):
 
     def merge_forward(self, backbone, images: torch.Tensor, state: Any = None, *, return_intermediates: bool = False):
         """Run ``backbone`` (a PrunableViT) with merging; returns a ``BackboneOutput`` on the full grid."""
-        from vppkit.models.records import KeepRecord
-        from vppkit.models.vit import BackboneOutput
-
         x, grid = backbone.embed(images)
         p = backbone.num_prefix_tokens
         bsz, t, _ = x.shape

@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import BlockAttention, BlockCounts, PruneContext, Pruner
+from vppkit.models.records import BlockAttention
+
+from .base import BlockCounts, PruneContext, Pruner
 from .schedules import VPPSchedule
-from .vpp_modules import TAU, SM, MapSM, map_sm_macs, sm_macs
+from .vpp_modules import SM, TAU, MapSM, map_sm_macs, sm_macs
 
 __all__ = ["TemporalState", "vpp_sparsity_loss", "VPPPruner", "init_map_sm_", "LAMBDA_SM", "LAMBDA_MAP", "KAPPA_INIT"]
 
