@@ -11,6 +11,7 @@ import yaml
 from vppkit.config import CONFIG_DIR, ConfigError, EvalConfig, config_hash, list_profiles, load_config, schema_keys
 from vppkit.engine.train import stage_config
 from vppkit.metrics.patch_labels import DEFAULT_RULE
+from vppkit.models.vis.model import build_vis_model
 
 
 def _write(path, text: str):
@@ -37,15 +38,18 @@ def test_resolved_values_match_the_yaml_files():
     assert default["model"]["arch"] == "vit_micro" and default["model"]["img_size"] == [192, 192]
     assert default["loss"]["w_mask"] == 5.0 and default["loss"]["num_points"] == 0
     assert default["train"]["lr"] == 1.0e-3 and default["train"]["decay_at"] == 0.667
-    assert default["train"]["dense"] == {"steps": 400, "clip_frames": 2, "ckpt_every": 100}
+    assert default["train"]["dense"] == {"steps": 400, "clip_frames": 2, "ckpt_every": 100,
+                                         "frame_loss_weights": [0.5, 1.0]}
     assert default["train"]["sparse"] == {"steps": 60, "clip_frames": 3, "lr": 5.0e-4, "backbone_lr_mult": 0.1,
-                                          "ckpt_every": 30}
+                                          "ckpt_every": 30, "frame_loss_weights": [0.0, 0.5, 1.0]}
+    assert default["eval"]["inference_noise"] is True
     assert default["pruning"] == {"method": "vpp", "schedule": "pkr55"}
     assert default["eval"]["score"] == "present_mask" and default["eval"]["top_k"] == 10
     # smoke.yaml over default.yaml
     assert smoke["model"]["arch"] == "vit_nano" and smoke["model"]["img_size"] == [96, 96]
     assert smoke["data"]["num_frames"] == 6 and smoke["data"]["num_val_videos"] == 2
-    assert smoke["train"]["dense"] == {"steps": 20, "clip_frames": 2, "ckpt_every": 10}
+    assert smoke["train"]["dense"] == {"steps": 20, "clip_frames": 2, "ckpt_every": 10,
+                                       "frame_loss_weights": [0.5, 1.0]}
     assert smoke["train"]["sparse"]["steps"] == 4 and smoke["train"]["sparse"]["lr"] == 5.0e-4  # inherited
     assert smoke["train"]["weight_decay"] == 0.05 and smoke["eval"]["score"] == "present_mask"
     # davis.yaml over default.yaml
@@ -53,7 +57,8 @@ def test_resolved_values_match_the_yaml_files():
     assert davis["model"]["pretrained"] == "imgfocus" and davis["model"]["fallback"] == {}
     assert davis["model"]["img_size"] == [168, 294]
     assert davis["train"]["freeze_backbone"] is True
-    assert davis["train"]["dense"] == {"steps": 300, "clip_frames": 2, "ckpt_every": 100}
+    assert davis["train"]["dense"] == {"steps": 300, "clip_frames": 2, "ckpt_every": 100,
+                                       "frame_loss_weights": [0.5, 1.0]}
     assert davis["train"]["sparse"]["batch"] == 1 and davis["train"]["sparse"]["steps"] == 350
     assert davis["fgs"]["backbones"] == ["dense", "random"] and davis["fgs"]["pretrained_img_size"] == [224, 392]
     assert davis["fgs"]["max_frames"] == 48 and davis["fgs"]["lr"] == 1.0e-2  # set / schema default
@@ -64,6 +69,19 @@ def test_resolved_values_match_the_yaml_files():
     assert y19s["model"]["arch"] == "deit_small" and y19s["model"]["img_size"] == [544, 960]
     assert y19s["loss"]["num_points"] == 12544 and y19s["train"]["epochs"] == 6 and y19s["train"]["workers"] == 4
     assert y19s["train"]["dense"]["steps"] is None and y19s["train"]["sparse"]["lr"] == 2.5e-5
+    assert y19s["eval"]["inference_noise"] is True
+
+
+def test_paper_scale_profiles_use_the_official_drop_path():
+    """Stochastic depth 0.1 (ViT-Adapter-Tiny) / 0.2 (Small) as the official configs (vpp-notes §2.2), and
+    build_vis_model hands it to timm: every block's DropPath carries the rate's share (timm: linspace(0, rate))."""
+    for name, rate in (("ytvis19_tiny", 0.1), ("ytvis21_tiny", 0.1), ("ytvis19_small", 0.2), ("ytvis21_small", 0.2)):
+        assert load_config(name)["model"]["backbone_kwargs"] == {"drop_path_rate": rate}, name
+    mcfg = {**load_config("ytvis21_small")["model"], "img_size": [32, 32], "dim": 16, "num_queries": 2,
+            "dec_layers": 1, "heads": 2}
+    blocks = build_vis_model(mcfg, num_classes=2).backbone.vit.blocks
+    probs = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in blocks]
+    assert probs[0] == 0.0 and abs(probs[-1] - 0.2) < 1e-6 and all(p > 0 for p in probs[1:])
 
 
 def test_default_yaml_states_exactly_the_schema_defaults(tmp_path):

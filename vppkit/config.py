@@ -130,7 +130,7 @@ class TrainConfig:
 
 
 #: Keys that exist per stage only (no shared ``train`` value).
-STAGE_ONLY_KEYS = ("steps", "clip_frames", "ckpt_every")
+STAGE_ONLY_KEYS = ("steps", "clip_frames", "ckpt_every", "frame_loss_weights")
 
 
 @dataclass
@@ -140,6 +140,9 @@ class StageConfig:
     steps: Optional[int] = None        # optimizer steps (null: derived from epochs)
     clip_frames: int = 2               # frames per clip
     ckpt_every: int = 100              # checkpoint every n steps
+    # segmentation-loss weight per chain position, first frame first (one per clip frame; the official
+    # ROVIS weights, vppkit.engine.train.chain_loss)
+    frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])
     batch: int = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -162,6 +165,7 @@ class DenseStageConfig(StageConfig):
     steps: Optional[int] = 400
     clip_frames: int = 2               # key + 1 reference, each trained as an image
     ckpt_every: int = 100
+    frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])  # ref x0.5, key x1
 
 
 @dataclass
@@ -169,6 +173,7 @@ class SparseStageConfig(StageConfig):
     steps: Optional[int] = 60
     clip_frames: int = 3               # chain reff -> ref -> key (Map-SM sees a previous frame)
     ckpt_every: int = 30
+    frame_loss_weights: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # reff x0, ref x0.5, key x1
     lr: float = 5.0e-4
     backbone_lr_mult: float = 0.1
 
@@ -220,7 +225,7 @@ class EvalConfig:
     score: str = "present_mask"        # (track, class) score: mean | present | present_mask
     mask_threshold: float = 0.0        # mask logit threshold
     tracker_momentum: float = 0.0      # 0 = match to the previous frame (MinVIS)
-    inference_noise: bool = False      # Gumbel noise at inference
+    inference_noise: bool = True       # Gumbel noise at inference (official code, supplementary §B); seeded
     workers: int = 0                   # DataLoader processes (speed only; RUNTIME_KEYS)
     patch_rule: str = "half"           # patch membership (= vppkit.metrics.patch_labels.DEFAULT_RULE; tested)
 
