@@ -176,7 +176,7 @@ def test_base_chain_and_stage_inheritance(tmp_path):
     child = _write(tmp_path / "leaf.yaml", f"base: {tmp_path / 'mid.yaml'}\ntrain:\n  sparse:\n    batch: 1\n")
     cfg = load_config(child)
     assert cfg["profile"] == "leaf" and cfg["model"]["arch"] == "vit_nano"      # smoke via mid
-    assert cfg["train"]["dense"] == {"steps": 7, "clip_frames": 2, "ckpt_every": 10}
+    assert cfg["train"]["dense"] == {"steps": 7, "clip_frames": 2, "ckpt_every": 10, "frame_loss_weights": [0.5, 1.0]}
     dense, sparse = stage_config(cfg, "dense"), stage_config(cfg, "sparse")
     assert dense["lr"] == 0.02 and dense["batch"] == 2                          # unset stage keys inherit
     assert sparse["lr"] == 5.0e-4 and sparse["batch"] == 1 and sparse["steps"] == 4
