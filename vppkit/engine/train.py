@@ -4,10 +4,12 @@
   key frame, the official mmtrack iteration; paper-scale profiles), :func:`training_samples`; the schedule is
   ``train.<stage>.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
 - **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
-  image for the per-frame model (MinVIS trains per frame; the tracker needs no training).
-- **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in temporal order
+  image for the per-frame model (MinVIS trains per frame; the tracker needs no training); segmentation loss
+  reference ×0.5 + key ×1 (``train.dense.frame_loss_weights``, :func:`chain_loss`).
+- **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in chain order
   reff → ref → key, the backbone's temporal state passed frame to frame and **not detached** (gradients cross
-  frames, as in the official code); the segmentation loss of every frame plus the sparsity loss
+  frames, as in the official code); the frame-weighted segmentation loss (reff ×0, ref ×0.5, key ×1: the
+  official ROVIS weights, ``train.sparse.frame_loss_weights``, :func:`chain_loss`) plus the sparsity loss
   (``BackboneOutput.aux_loss``) of every frame are optimised.
 
 Schedule shape (both stages): AdamW, weight decay 0.05 (none on norms / biases / queries / embeddings), backbone
@@ -24,9 +26,10 @@ JPEG decoding and resizing overlap the model's step. The batches, hence the trai
 worker count (tested), which is why ``workers`` is left out of config hashes (:data:`vppkit.config.RUNTIME_KEYS`).
 
 Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps and at the end), ``model_final.pt``,
-``metrics.csv`` (one row per step, with wall ``sec`` (waiting for the batch + the step) and ``cpu_sec`` of the
-training process (all its threads; loader workers not counted); the whole file is
-rewritten atomically at each checkpoint, so it never holds rows beyond the checkpointed step), ``config.json``
+``metrics.csv`` (one row per step: ``loss`` (total), ``loss_seg`` (weighted task loss) and its parts,
+``loss_sparse``, sparse stage ``keep_ratio`` and ``keep_b0`` .. ``keep_b11`` (:func:`chain_loss`), ``lr``, wall
+``sec`` (waiting for the batch + the step) and ``cpu_sec`` of the training process (all its threads; loader
+workers not counted); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the checkpointed step), ``config.json``
 (+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0 writes.
 """
 
@@ -39,6 +42,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -262,30 +266,88 @@ def step_loader(batches: StepBatches, start: int, end: int, workers: int, pin_me
                                        pin_memory=pin_memory, prefetch_factor=2 if workers else None)
 
 
-def chain_loss(model, criterion, steps, sparse: bool, device) -> tuple[torch.Tensor, dict]:
-    """Loss of one batch of clips: mean segmentation loss over frames + summed sparsity loss (sparse stage).
+def chain_loss(model, criterion, steps, sparse: bool, device,
+               weights: Sequence[float] | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch of clips: the frame-weighted segmentation (task) loss plus the sparsity loss of every
+    frame (sparse stage).
 
     In the sparse stage the frames form a chain: frame t's backbone gets frame t−1's temporal state (not
     detached). In the dense stage every frame starts with ``state=None``.
+
+    **Frame weights (official ROVIS loss).** ``custom_mmtrack/models/vis/rovis.py`` (PatGlan/Video-Patch-Pruning,
+    ``ROVIS.loss``) adds per training sample: the key frame decoded with the static queries ×1
+    (``mask_loss = self.detector.panoptic_head.loss(x, data_samples)``); the reference frame decoded with track
+    queries carried from the key ×0.5 (``ref_mask_loss = {'ref_' + k: v / 2.0 ...}``); the key frame again,
+    decoded with track queries carried from the reference, ×0.5 (``ref2_mask_loss = {'ref2_' + k: v / 2.0 ...}``,
+    ``three_frame_training = True``); and **no** segmentation loss on the first frame of the VPP chain (``reff``
+    contributes only its sparsity loss, ``reff_loss``). The same function trains the dense ROVIS stage
+    (key + reference, no ``reff``). The terms are summed, not averaged: about two frame-losses per sample.
+
+    vppkit's per-frame model has no track queries in training (its tracker matches query embeddings at
+    inference, :mod:`vppkit.models.vis.tracker`), so the key-with-track-queries term has no counterpart here and
+    is left out. ``weights`` (``train.<stage>.frame_loss_weights``) weigh chain position t (first frame first);
+    the defaults map the official terms that exist here onto vppkit's chains: sparse reff → ref → key = (0, 0.5,
+    1), dense ref → key = (0.5, 1). The chain's last frame is the key (``ref_order`` random / causal, as the
+    official ``sort_ref_imgs=False``; with ``sorted`` or ``sample_unit: video`` the positions keep these weights).
+
+    Normalisation against the sparsity loss: task loss = Σ_t w_t · L_seg(t) (a weighted **sum**, as the official
+    code), sparsity loss = Σ_t L_sparse(t) over every frame of the chain, unweighted (official ``reff_loss``,
+    ``ref_loss``, ``loss``). With the defaults the task loss is 1.5 frame-losses against three sparsity terms;
+    the official code has 2 (the missing track-query term is the other 0.5); vppkit before this recipe took the
+    *mean* over the three frames, 1 frame-loss, so the sparsity loss weighed about twice as much against the task
+    as in the paper (issue 13).
+
+    Args:
+        model: the VIS model (or its DDP wrapper).
+        criterion: :class:`vppkit.models.vis.losses.SetCriterion`.
+        steps: per chain position, (images (B, 3, H, W) uint8, B targets) (:class:`StepBatches` item).
+        sparse: sparse stage (temporal chain, sparsity loss, keep logging).
+        device: where the model is.
+        weights: one segmentation-loss weight per chain position (None: 1 / T each, the plain mean). A frame
+            with weight 0 still runs (its backbone state and sparsity loss count); its criterion is skipped.
+
+    Returns:
+        (total loss scalar, logs): ``loss_seg`` (the weighted task loss), ``loss_ce`` / ``loss_mask`` /
+        ``loss_dice`` (its weighted parts), ``loss_sparse``; sparse stage also ``keep_ratio`` (mean over frames
+        and blocks of the processed fraction) and ``keep_b<b>`` per block b: the fraction of the N patch tokens
+        block b processed, mean over the batch and over the frames that have a previous frame in the chain (all
+        frames when the chain has one), i.e. the frames on which every VPP gate runs.
+
+    Raises:
+        ValueError: ``weights`` does not have one entry per chain position, or a negative weight.
     """
+    n = len(steps)
+    w = [1.0 / n] * n if weights is None else [float(v) for v in weights]
+    if len(w) != n:
+        raise ValueError(f"train.<stage>.frame_loss_weights has {len(w)} weights for a {n}-frame clip "
+                         "(train.<stage>.clip_frames); give one per chain position")
+    if any(v < 0 for v in w):
+        raise ValueError(f"train.<stage>.frame_loss_weights must be >= 0, got {w}")
     state, seg, aux, logs = None, [], [], {}
-    for images, targets in steps:
+    keep_all, keep_later = [], []
+    for t, (images, targets) in enumerate(steps):
         out = model(images.to(device), state if sparse else None)
         state = out.backbone.state
-        tg = [{"labels": t["labels"].to(device), "masks": t["masks"].to(device)} for t in targets]
-        losses = criterion(out.decoder_dict(), tg)
-        seg.append(losses["loss"])
         aux.append(out.backbone.aux_loss)
-        for k in ("loss_ce", "loss_mask", "loss_dice"):
-            logs[k] = logs.get(k, 0.0) + float(losses[k].detach()) / len(steps)
+        if w[t] > 0:
+            tg = [{"labels": g["labels"].to(device), "masks": g["masks"].to(device)} for g in targets]
+            losses = criterion(out.decoder_dict(), tg)
+            seg.append(w[t] * losses["loss"])
+            for k in ("loss_ce", "loss_mask", "loss_dice"):
+                logs[k] = logs.get(k, 0.0) + w[t] * float(losses[k].detach())
         if sparse:
-            logs.setdefault("keep", []).append(float(out.backbone.keep.counts.double().mean() /
-                                                     out.backbone.keep.num_patches))
-    loss_seg = torch.stack(seg).mean()
+            keep = out.backbone.keep
+            frac = keep.counts.double().mean(0) / keep.num_patches           # (depth,)
+            keep_all.append(frac)
+            if t >= 1 or n == 1:
+                keep_later.append(frac)
+    loss_seg = torch.stack(seg).sum() if seg else torch.zeros((), device=device)
     loss_aux = torch.stack([a.reshape(()) for a in aux]).sum() if sparse else loss_seg.new_zeros(())
     logs["loss_seg"], logs["loss_sparse"] = float(loss_seg.detach()), float(loss_aux.detach())
-    if "keep" in logs:
-        logs["keep_ratio"] = float(np.mean(logs.pop("keep")))
+    if sparse:
+        logs["keep_ratio"] = float(torch.stack(keep_all).mean())
+        per_block = torch.stack(keep_later).mean(0)
+        logs.update({f"keep_b{b}": float(v) for b, v in enumerate(per_block)})
     return loss_seg + loss_aux, logs
 
 
@@ -430,6 +492,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     every = int(tcfg["ckpt_every"])
     clip_len = int(tcfg["clip_frames"])
     grad_clip = float(tcfg["grad_clip"])
+    frame_weights = [float(v) for v in tcfg["frame_loss_weights"]]
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
@@ -438,7 +501,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     ts, cs = time.perf_counter(), time.process_time()
     for step, steps in zip(range(start, end), loader):
         seed_step(seed, step, info.rank)
-        loss, logs = chain_loss(model, criterion, steps, sparse, info.device)
+        loss, logs = chain_loss(model, criterion, steps, sparse, info.device, frame_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
