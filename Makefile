@@ -17,7 +17,7 @@ FORCE   ?= 0
 ARGS    ?=
 RUN     := $(PY) -m vppkit run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
 
-.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle bench tables figures lock clean-results
+.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle training bench tables figures lock clean-results
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # ---- experiments (each reuses saved results whose config is unchanged; FORCE=1 recomputes) ----
-fgs ioi density kappa curves results qualitative flops evtp selectors oracle: $(STAMP)
+fgs ioi density kappa curves results qualitative flops evtp selectors oracle training: $(STAMP)
 	$(RUN) $@
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ import seaborn as sns
 from analyses import fgs, selectors
 from analyses.paper_values import AP_LOSS_FIG4, AP_LOSS_FIG4_SOURCE, DENSITY_FIG5_DESCRIPTION
 from analyses.render import Entry, relative, save_figure
+from analyses.tables import mode_note
 from experiments.common import Context
 from vppkit.data.video import VideoFrames
 from vppkit.engine.infer import load_keep_records
@@ -80,7 +81,7 @@ def density_figure(ctx: Context, result: dict) -> list[Entry]:
     fig.suptitle(f"Patch density per layer ({_ours_label(ctx, result)})", fontsize=9)
     return [_figure_entry(ctx, fig, "density_per_layer", "Patch density per layer (Fig. 5)",
                           "Fraction of patch tokens each layer processes, global over every evaluated frame. "
-                          + DENSITY_FIG5_DESCRIPTION)]
+                          + DENSITY_FIG5_DESCRIPTION + mode_note(result))]
 
 
 def curves_figure(ctx: Context, result: dict) -> list[Entry]:
@@ -106,7 +107,8 @@ def curves_figure(ctx: Context, result: dict) -> list[Entry]:
         ax.legend(fontsize=7)
     axes[0].set_ylabel("AP loss (AP points, dense − pruned)")
     return [_figure_entry(ctx, fig, "ap_loss_vs_pkr", "AP loss vs PKR (Fig. 4)",
-                          f"Left: ours (dense AP {result['dense_AP']:.2f} %). Right: {AP_LOSS_FIG4_SOURCE}.")]
+                          f"Left: ours (dense AP {result['dense_AP']:.2f} %). Right: {AP_LOSS_FIG4_SOURCE}."
+                          + mode_note(result))]
 
 
 def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
@@ -146,7 +148,59 @@ def qualitative_figure(ctx: Context, result: dict) -> list[Entry]:
     return [_figure_entry(ctx, fig, "qualitative_masks", "Qualitative pruning masks (Fig. 1, 7-10)",
                           "Each panel shows the patches the given layer processes (dark = pruned); green = GT "
                           "instance outline; layer 2 shows VPP's Map-SM mask (first frame: dense, no temporal prior). "
-                          f"Mean fraction of the 12 layers that process a patch (foreground / background): {act_text}.")]
+                          f"Mean fraction of the 12 layers that process a patch (foreground / background): {act_text}."
+                          + mode_note(result))]
+
+
+def training_figure(ctx: Context, result: dict) -> list[Entry]:
+    """One row per trained model: task loss, sparsity loss and the realised keep ratio per pruning block against
+    the optimizer step, keep targets dashed in the block's colour (:mod:`experiments.training`)."""
+    runs = result["runs"]
+    names = list(runs)
+    fig, axes = plt.subplots(len(names), 3, figsize=(11, 2.1 * len(names)), squeeze=False, layout="constrained")
+    for row, name in zip(axes, names):
+        r = runs[name]
+        x = r["series"]["step"]
+        row[0].plot(x, r["series"]["loss_seg"], color=METHOD_COLORS.get(r["method"], "black"), lw=1)
+        row[0].set_ylabel(f"{r['label']}\n({r['stage']}, {r['steps']} steps)", fontsize=7)
+        if r["stage"] == "sparse":
+            row[1].plot(x, r["series"]["loss_sparse"], color=METHOD_COLORS.get(r["method"], "black"), lw=1)
+            colors = sns.color_palette("viridis", max(len(r["pruning_blocks"]), 1))
+            for b, color in zip(r["pruning_blocks"], colors):
+                key = f"keep_b{b}"
+                if key in r["series"]:
+                    row[2].plot(x, r["series"][key], color=color, lw=1, label=f"layer {b + 1}")
+                row[2].axhline(r["targets"][str(b)], color=color, ls="--", lw=0.8)
+            if not r["keep_logged"]:
+                row[2].text(0.5, 0.5, "per-block keep ratio not logged by this run", ha="center", va="center",
+                            transform=row[2].transAxes, fontsize=7)
+            row[2].set_ylim(0, 1.05)
+            row[2].legend(fontsize=6, ncol=2, loc="lower left")
+        else:
+            for ax in row[1:]:
+                ax.text(0.5, 0.5, "dense stage: no pruner", ha="center", va="center", transform=ax.transAxes,
+                        fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+    for ax, title in zip(axes[0], ("task loss (weighted segmentation loss)", "sparsity loss",
+                                   "realised keep ratio per pruning block (dashed: target)")):
+        ax.set_title(title, fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step")
+    fig.suptitle(f"Training curves of every trained model ({_ours_label(ctx, result)})", fontsize=9)
+    binned = [runs[n]["label"] for n in names if runs[n]["binned"]]
+    return [_figure_entry(
+        ctx, fig, "training_curves", "Training curves: task loss, sparsity loss, keep ratio per pruning block",
+        "Per trained model (rows), against the optimizer step, from the run's metrics.csv: the task loss as "
+        "optimised (segmentation loss weighted per chain frame: reff ×0, ref ×0.5, key ×1; dense: ref ×0.5, key "
+        "×1), the sparsity loss summed over the chain's frames, and the realised keep ratio (fraction of the patch "
+        "tokens the layer processes, training mode, mean over the batch and the chain frames that have a previous "
+        "frame) at each pruning layer, i.e. each layer whose nominal keep fraction differs from the layer before "
+        "(VPP: Map-SM at layer 2, SMs at 4/7/10; SViT: first gate of each stage, 4/7/10; DynamicViT: 4/7/10); "
+        "dashed = the method's keep target there. Gates that stay near their initial keep ratio or far from the "
+        "target by the last step were not trained by this schedule (docs/reading.md)."
+        + (f" Averaged over equal runs of steps (at most {result['config']['max_points']} points) for: "
+           + ", ".join(binned) + "." if binned else ""))]
 
 
 FIGURES: dict[str, Callable[[Context, dict], list[Entry]]] = {
@@ -156,4 +210,5 @@ FIGURES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "density": density_figure,
     "curves": curves_figure,
     "qualitative": qualitative_figure,
+    "training": training_figure,
 }

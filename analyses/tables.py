@@ -68,30 +68,44 @@ def _ours_note(ctx: Context, result: dict) -> str:
             f"{prov.get('time_utc')}.")
 
 
-def _noise_note(rows: list[dict]) -> str:
-    noise = {r.get("noise") for r in rows if "noise" in r}
-    if not noise:
-        return ""
-    return " Inference: " + ("Gumbel noise kept (official)" if noise == {True} else
-                              "deterministic (no Gumbel noise)" if noise == {False} else "mixed noise settings") + "."
+#: How each inference mode is described in captions (experiments.zoo.MODES).
+MODE_TEXT = {"noise": "Gumbel noise kept at inference, seeded per video (the official code; supplementary §B; "
+                      "the default)",
+             "deterministic": "deterministic inference (argmax / noise-free top-k, no Gumbel noise)"}
+
+
+def mode_note(result: dict) -> str:
+    """Caption sentence naming the inference mode of the pruned models a result was built from (its
+    ``config["mode"]``, :func:`experiments.zoo.evaluate_many`); empty for results that predate the field."""
+    mode = (result.get("config") or {}).get("mode")
+    return f" Pruned models: {MODE_TEXT[mode]}." if mode in MODE_TEXT else ""
 
 
 def results_table(ctx: Context, result: dict) -> list[Entry]:
     ours = pd.DataFrame(result["rows"])
-    ours = ours.assign(source="ours")[["source", "model", "goal_PKR", "PKR", "AP_track", "mAP_bbox", "mAP_segm"]]
+    if "mode" not in ours:
+        ours["mode"] = None
+    ours = ours.assign(source="ours")[["source", "model", "mode", "goal_PKR", "PKR", "AP_track", "mAP_bbox",
+                                       "mAP_segm"]]
     dense = ours.iloc[0]
     for col in ("AP_track", "mAP_bbox", "mAP_segm"):
         ours[f"Δ{col}"] = ours[col] - dense[col]
-    paper = pd.DataFrame(RESULTS_README).assign(source="paper", goal_PKR=None)
-    out = pd.concat([ours, paper[["source", "model", "goal_PKR", "PKR", "AP_track", "mAP_bbox", "mAP_segm"]]],
+    paper = pd.DataFrame(RESULTS_README).assign(source="paper", goal_PKR=None, mode="noise")
+    out = pd.concat([ours, paper[["source", "model", "mode", "goal_PKR", "PKR", "AP_track", "mAP_bbox", "mAP_segm"]]],
                     ignore_index=True)
-    out = out.rename(columns={"goal_PKR": "goal PKR (%)", "PKR": "PKR (%)", "AP_track": "AP_track (%)",
-                              "mAP_bbox": "mAP_bbox (%)", "mAP_segm": "mAP_segm (%)"})
+    out = out.rename(columns={"mode": "inference", "goal_PKR": "goal PKR (%)", "PKR": "PKR (%)",
+                              "AP_track": "AP_track (%)", "mAP_bbox": "mAP_bbox (%)", "mAP_segm": "mAP_segm (%)"})
+    default = result.get("profile_mode")
     cap = ("AP_track = YouTube-VIS video AP; mAP_bbox / mAP_segm = frame-level COCO AP of the per-frame track "
-           "predictions; PKR = realised patch keep ratio over every evaluated frame. Rows 'paper' are quoted from "
-           f"{RESULTS_README_SOURCE} (ViT-Adapter + ROVIS on YouTube-VIS 2021); ours are on this profile's "
-           "held-out videos with vppkit's small VIS model, so absolute values are not comparable, only trends. "
-           + _ours_note(ctx, result) + _noise_note(result["rows"]))
+           "predictions; PKR = realised patch keep ratio over every evaluated frame; Δ = difference to our dense "
+           "model. Each pruned model is evaluated in both inference modes: 'noise' = "
+           f"{MODE_TEXT['noise']}; 'deterministic' = {MODE_TEXT['deterministic']}. "
+           + (f"This profile's mode (eval.inference_noise), used by every other artifact: {default}. " if default
+              else "")
+           + "Rows 'paper' are quoted from "
+           f"{RESULTS_README_SOURCE} (ViT-Adapter + ROVIS on YouTube-VIS 2021; the official code keeps the noise); "
+           "ours are on this profile's held-out videos with vppkit's small VIS model, so absolute values are not "
+           "comparable, only trends. " + _ours_note(ctx, result))
     return [_table_entry(ctx, out, "results_table", "Results table: AP_track, mAP_bbox, mAP_segm (README table)", cap)]
 
 
@@ -106,7 +120,7 @@ def ioi_table(ctx: Context, result: dict) -> list[Entry]:
     cap = ("IoI = |kept ∩ instance patches| / |instance patches| per frame, instance and block, averaged over the "
            "12 blocks and over (instance, frame) pairs; S ≤ 10 %, 10 % < M ≤ 20 %, L > 20 % of the frame area; "
            f"patch membership rule '{result.get('patch_rule')}'. n_* = (instance, frame) pairs per bin. Paper rows: "
-           f"{IOI_TABLE8_SOURCE}. " + _ours_note(ctx, result))
+           f"{IOI_TABLE8_SOURCE}. " + _ours_note(ctx, result) + mode_note(result))
     return [_table_entry(ctx, out, "ioi_table", "IoI by object size (Table 8)", cap)]
 
 
@@ -118,7 +132,7 @@ def density_table(ctx: Context, result: dict) -> list[Entry]:
     wide.columns = [str(c) for c in wide.columns]
     cap = ("Fraction of patch tokens processed per layer (1 = dense), global sums over every evaluated frame "
            "(first frames included: VPP runs layers 2-3 dense there). 'nominal' = the VPP schedule's targets. "
-           + _ours_note(ctx, result))
+           + _ours_note(ctx, result) + mode_note(result))
     return [_table_entry(ctx, wide, "density_table", "Patch density per layer (Fig. 5), table", cap, ".3f")]
 
 
@@ -130,7 +144,7 @@ def kappa_table(ctx: Context, result: dict) -> list[Entry]:
     out = out.rename(columns={"kappa_init": "κ_init", "PKR": "PKR (%)", "AP": "AP (%)", "mAP_segm": "mAP_segm (%)",
                               "IoI": "IoI (%)"})
     cap = (f"VPP at goal PKR 55 % with κ_init (Map-SM sparsity target on the soft keep probabilities). Paper rows: "
-           f"{KAPPA_TABLE7_SOURCE}. " + _ours_note(ctx, result))
+           f"{KAPPA_TABLE7_SOURCE}. " + _ours_note(ctx, result) + mode_note(result))
     return [_table_entry(ctx, out, "kappa_table", "κ_init ablation (Table 7)", cap)]
 
 
@@ -143,7 +157,7 @@ def curves_table(ctx: Context, result: dict) -> list[Entry]:
     out = out.rename(columns={"PKR": "PKR (%)", "AP_loss": "AP loss (AP points)", "AP": "AP (%)",
                               "mAP_segm_loss": "mAP_segm loss (points)"})
     cap = (f"AP loss = dense AP − pruned AP (ours: dense AP {result['dense_AP']:.2f} %). Paper rows: "
-           f"{AP_LOSS_FIG4_SOURCE}. " + _ours_note(ctx, result))
+           f"{AP_LOSS_FIG4_SOURCE}. " + _ours_note(ctx, result) + mode_note(result))
     return [_table_entry(ctx, out, "ap_vs_pkr_table", "AP loss vs PKR (Fig. 4), table", cap)]
 
 
@@ -159,7 +173,7 @@ def flops_table(ctx: Context, result: dict) -> list[Entry]:
            "averaged over every evaluated frame from its own per-block token counts; pruner overhead (Map-SM "
            "association, gates) separate; ideal speed-up = dense / (pruned + overhead). ms/frame = whole-model "
            "online inference during evaluation (gathered execution, this machine; see bench.md for controlled "
-           "timings). " + _ours_note(ctx, result))
+           "timings). " + _ours_note(ctx, result) + mode_note(result))
     cap2 = ("Closed-form GMACs at paper scale (960x544 input, N = 60x34 = 2040 patches) under each method's nominal "
             "schedule (no model run; vpp-notes §8.4). Computed by vppkit, not reported by the paper.")
     entries = [_table_entry(ctx, ours, "cost_table", "Cost table: GMACs and speed per method and PKR", cap),
@@ -201,6 +215,29 @@ def oracle_table(ctx: Context, result: dict) -> list[Entry]:
     return [_table_entry(ctx, out, "oracle_table", "Oracle pruning: instance vs background patches", cap, ".1f")]
 
 
+def training_table(ctx: Context, result: dict) -> list[Entry]:
+    """Last-10 %-of-steps means of the training curves (:mod:`experiments.training`): losses and, per pruning
+    layer, realised keep ratio vs target."""
+    rows = []
+    for name, r in result["runs"].items():
+        row = {"model": r["label"], "stage": r["stage"], "steps": r["steps"],
+               "task loss": r["final"].get("loss_seg"), "sparsity loss": r["final"].get("loss_sparse")}
+        for b in r["pruning_blocks"]:
+            real = r["final"].get(f"keep_b{b}")
+            row[f"layer {b + 1}"] = (f"{real:.3f} / {r['targets'][str(b)]:.3f}" if real is not None
+                                     else f"– / {r['targets'][str(b)]:.3f}")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    layers = [c for c in out.columns if c.startswith("layer ")]
+    out[layers] = out[layers].fillna("–")
+    cap = ("Mean over the last 10 % of each run's optimizer steps (metrics.csv, training mode): task loss "
+           "(frame-weighted segmentation loss), sparsity loss, and per pruning layer 'realised keep ratio / "
+           "target' (fraction of patch tokens the layer processes; mean over the batch and the chain frames that "
+           "have a previous frame). Curves: training_curves.png. " + _ours_note(ctx, result))
+    return [_table_entry(ctx, out, "training_table", "Training curves: end-of-training losses and keep ratios",
+                         cap, ".3f")]
+
+
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "fgs": fgs.table,
     "selectors": selectors.table,
@@ -213,4 +250,5 @@ TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "curves": curves_table,
     "flops": flops_table,
     "oracle": oracle_table,
+    "training": training_table,
 }

@@ -27,8 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", default=None, help="frames folder for a json --data (default: info.frames_root)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dense", action="store_true", help="run the backbone dense even for a sparse checkpoint")
-    p.add_argument("--noise", action="store_true", default=None,
-                   help="keep Gumbel noise at inference (official VPP; default: the config's eval.inference_noise)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--noise", dest="noise", action="store_true", default=None,
+                      help="keep Gumbel noise at inference, seeded per video (official VPP; default: the config's "
+                           "eval.inference_noise, on unless a profile turns it off)")
+    mode.add_argument("--deterministic", dest="noise", action="store_false",
+                      help="no Gumbel noise at inference (argmax / noise-free top-k)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the inference noise (per video; default: the checkpoint config's seed)")
     p.add_argument("--visualize", action="store_true", help="write per-frame overlays to <out>/vis")
     p.add_argument("--evaluate", action="store_true", help="also compute video AP (GT must have annotations)")
     p.add_argument("--max-videos", type=int, default=None)
@@ -41,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     summary = infer_checkpoint(args.checkpoint, args.data, args.out, frames_root=args.frames, dense=args.dense,
                                noise=args.noise, visualize=args.visualize, max_videos=args.max_videos,
-                               device=args.device, workers=args.workers)
+                               device=args.device, workers=args.workers, seed=args.seed)
     if args.evaluate:
         summary["ap"] = evaluate_run(args.out, summary["gt_json"])
     print(json.dumps({k: v for k, v in summary.items() if k not in ("results", "records")}, indent=2, default=str))

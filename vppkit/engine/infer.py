@@ -25,8 +25,10 @@ Writes (rank 0 / single process) into the output folder:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -49,7 +51,7 @@ from vppkit.models.records import KeepRecord
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-__all__ = ["EvalSettings", "infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records",
+__all__ = ["EvalSettings", "infer_video", "video_rng", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records",
            "records_pkr", "frame_loader"]
 
 
@@ -90,8 +92,14 @@ def _settings(settings: EvalSettings | Mapping | None) -> EvalSettings:
 def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Mapping | None = None, *,
                 keep_masks: torch.Tensor | None = None, frame_indices: Sequence[int] | None = None,
                 batch: int = 1, execution: str | None = "gathered", visualize_dir: Path | None = None,
-                images: Iterable[torch.Tensor] | None = None) -> tuple[list[dict], list[KeepRecord]]:
+                images: Iterable[torch.Tensor] | None = None,
+                seed: int | None = None) -> tuple[list[dict], list[KeepRecord]]:
     """Run one video online: backbone (+ pruner state) -> tracker -> upsampled, thresholded masks -> results.
+
+    Random draws at inference (the pruners' Gumbel noise with ``inference_noise``: VPP's Map-SM / SMs, SViT's
+    gates, DynamicViT's ranking) come from torch's default generator; with ``seed`` they are seeded per video from
+    (seed, video id) (:func:`video_rng`) inside a forked RNG state, so a video's results do not depend on which
+    videos ran before it or on data-loader workers, and the caller's RNG state is left untouched.
 
     Args:
         model: a :class:`VISModel` in eval mode. With ``keep_masks`` its backbone's pruner must take the masks as
@@ -108,6 +116,7 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
         visualize_dir: write an overlay PNG per frame there (optional).
         images: the processed frames in order, (3, H, W) uint8 each, e.g. read ahead by :func:`frame_loader`;
             None reads them from ``frames`` here.
+        seed: seed of the video's random draws (None: the default generator as it stands, not repeatable).
 
     Returns:
         (results list for this video, list of per-frame KeepRecords (batch 1 each)).
@@ -117,7 +126,6 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
     """
     s = _settings(settings)
     vid = frames.videos[vi]
-    h, w = int(vid["height"]), int(vid["width"])
     ts = list(range(frames.num_frames(vi))) if frame_indices is None else [int(t) for t in frame_indices]
     if batch < 1 or (batch > 1 and keep_masks is None):
         raise ValueError(f"infer_video: batch must be 1 without an external keep-mask schedule, got {batch}")
@@ -125,6 +133,35 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
         raise ValueError(f"infer_video: keep_masks must be (T={len(ts)}, depth, N), got {tuple(keep_masks.shape)}")
     acc = VideoTrackAccumulator(vid["id"], len(ts), frames.category_ids, s.top_k, score=s.score)
     device = next(model.parameters()).device
+    with video_rng(seed, vid["id"], device):
+        return _infer_frames(model, frames, vi, ts, s, acc, device, keep_masks, batch, execution, visualize_dir,
+                             images)
+
+
+@contextmanager
+def video_rng(seed: int | None, video_id, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with torch's generators (CPU, and ``device`` when CUDA) seeded from (``seed``, ``video_id``)
+    (``np.random.SeedSequence``; a non-integer id is hashed by its text, SHA-256) and restore the previous RNG state
+    afterwards (``torch.random.fork_rng``). ``seed`` None: a no-op (the generators as they stand)."""
+    if seed is None:
+        yield
+        return
+    try:
+        vid = int(video_id)
+    except (TypeError, ValueError):
+        vid = int.from_bytes(hashlib.sha256(str(video_id).encode()).digest()[:8], "little")
+    device = torch.device(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), vid]).generate_state(1)[0]))
+        yield
+
+
+def _infer_frames(model, frames: VideoFrames, vi: int, ts: list[int], s: EvalSettings, acc: VideoTrackAccumulator,
+                  device, keep_masks, batch: int, execution, visualize_dir, images):
+    """The frame loop of :func:`infer_video` (same arguments)."""
+    vid = frames.videos[vi]
+    h, w = int(vid["height"]), int(vid["width"])
     state = track = None
     records: list[KeepRecord] = []
     it = iter(images) if images is not None else (frames.frame(vi, t) for t in ts)
@@ -244,13 +281,14 @@ def load_keep_records(path: str | Path) -> dict[int, KeepRecord]:
 def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
                   settings: EvalSettings | Mapping | None = None, *, visualize: bool = False,
                   max_videos: int | None = None, progress: bool = True, meta: dict | None = None,
-                  workers: int = 0) -> dict:
+                  workers: int = 0, seed: int | None = None) -> dict:
     """Run every video of ``frames`` with :func:`infer_video` and (when ``out_dir``) write the files listed in the
     module docstring.
 
     ``settings``: :class:`EvalSettings` or an ``eval`` config section (None: ``the schema's, :class:`vppkit.config.EvalConfig`).
     ``workers`` background processes decode and resize frames ahead of the model (:func:`frame_loader`;
-    ``eval.workers``); the results do not depend on it.
+    ``eval.workers``); the results do not depend on it. ``seed``: each video's random draws (inference noise) are
+    seeded from (seed, video id) (:func:`video_rng`); None leaves them unseeded.
 
     Returns:
         dict with ``results`` (YouTube-VIS results list), ``records`` ({video_id: KeepRecord}), ``pkr`` (the PKR
@@ -266,7 +304,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     for vi in tqdm(range(n), desc="infer", unit="video", disable=not progress):
         res, recs = infer_video(model, frames, vi, s,
                                 visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None,
-                                images=islice(loader, frames.num_frames(vi)))
+                                images=islice(loader, frames.num_frames(vi)), seed=seed)
         vid = frames.videos[vi]["id"]
         results.extend(res)
         per_video[vid] = KeepRecord(torch.cat([r.masks for r in recs]), torch.cat([r.counts for r in recs]),
@@ -280,7 +318,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     pkr = records_pkr(all_recs, firsts) if all_recs else {}
     summary = {"frames": nframes, "videos": n, "seconds": seconds, "sec_per_frame": seconds / max(nframes, 1),
                "pkr": pkr, "settings": {"top_k": s.top_k, "mask_threshold": s.mask_threshold,
-                                        "momentum": s.tracker_momentum, "score": s.score},
+                                        "momentum": s.tracker_momentum, "score": s.score, "seed": seed},
                **(meta or {})}
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", results, indent=None)
@@ -294,14 +332,17 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
 def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | Path | None = None, *,
                      frames_root: str | Path | None = None, dense: bool = False, noise: bool | None = None,
                      visualize: bool = False, max_videos: int | None = None, device: str = "cpu",
-                     progress: bool = True, workers: int | None = None, eval_cfg: dict | None = None) -> dict:
+                     progress: bool = True, workers: int | None = None, eval_cfg: dict | None = None,
+                     seed: int | None = None) -> dict:
     """Load a checkpoint and run :func:`run_inference` on ``data``.
 
     Args:
         checkpoint: ``model_final.pt`` of a dense or sparse run.
         data: "train" / "val" (that split of the checkpoint's data config) or a YouTube-VIS json path.
         dense: build the backbone without the pruner (sparse checkpoints: the dense reference).
-        noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``).
+        noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``; the schema's default, on,
+            when the config has none).
+        seed: seed of the inference noise, per video (:func:`video_rng`); None: the checkpoint config's ``seed``.
         workers: frame-reading processes (None: the config's ``eval.workers``, 0 when absent).
         eval_cfg: ``eval`` settings to use (top_k, score, mask_threshold, tracker_momentum, inference_noise,
             workers); None: the ones stored in the checkpoint's config (those it was trained under). Keys missing
@@ -314,7 +355,8 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
     ecfg = cfg.get("eval", {}) if eval_cfg is None else eval_cfg
-    noise = bool(ecfg.get("inference_noise", False)) if noise is None else bool(noise)
+    noise = bool(ecfg.get("inference_noise", EvalConfig.inference_noise)) if noise is None else bool(noise)
+    seed = int(cfg.get("seed", 0)) if seed is None else int(seed)
     pruning = None
     if ck.get("stage") == "sparse" and not dense:
         pruning = {**cfg["pruning"], "inference_noise": noise}
@@ -325,12 +367,12 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
     else:
         js = Path(data)
     frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=False)
-    meta = {"checkpoint": str(checkpoint), "gt_json": str(js), "noise": noise,
+    meta = {"checkpoint": str(checkpoint), "gt_json": str(js), "noise": noise, "seed": seed,
             "pruning": (pruning or {}).get("method", "none"), "profile": cfg.get("profile"),
             "backbone": ck.get("backbone") or {}}
     return run_inference(model, frames, out_dir, EvalSettings.from_config(ecfg), visualize=visualize,
                          max_videos=max_videos, progress=progress, meta=meta,
-                         workers=int(ecfg.get("workers", 0)) if workers is None else int(workers))
+                         workers=int(ecfg.get("workers", 0)) if workers is None else int(workers), seed=seed)
 
 
 def evaluate_run(out_dir: str | Path, gt_json: str | Path) -> dict:
