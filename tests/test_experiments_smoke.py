@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from experiments import zoo
 from experiments.common import Context
 from experiments.common import ARTIFACTS
 from vppkit.commands.run import run_artifact
@@ -75,7 +76,7 @@ def test_index_links_every_table_and_figure(smoke_run):
             assert fmts == ({"md", "csv", "tex"} if e["kind"] == "table" else {"png", "pdf"}), (name, fmts)
         assert kinds, name
     for must in ("fgs", "results", "ioi", "density", "kappa", "curves", "qualitative", "flops", "evtp", "selectors",
-                 "oracle"):
+                 "oracle", "training"):
         assert must in manifest, f"artifact {must} not rendered"
     assert any("measured speed" in e["title"] for e in manifest["flops"]["entries"])
     top = (ctx.reports_dir.parent / "index.md").read_text()
@@ -134,3 +135,33 @@ def test_analysis_settings_reuse_trained_models(smoke_run):
     assert {p: p.stat().st_mtime for p in (ctx.results_dir / "runs").glob("*/model_final.pt")} == before
     retrain = load_config("smoke", OVERRIDES + ["train.dense.steps=7"])
     assert config_hash(training_config(retrain)) != config_hash(training_config(ctx.cfg))
+
+
+@pytest.mark.slow
+def test_results_show_both_inference_modes_and_captions_state_the_mode(smoke_run):
+    ctx, results = smoke_run
+    rows = results["results"]["rows"]
+    assert [(r["variant"], r["mode"]) for r in rows] == [("dense", "—"), ("vpp55", "noise"), ("vpp40", "noise"),
+                                                         ("vpp55", "deterministic"), ("vpp40", "deterministic")]
+    assert [r["noise"] for r in rows] == [False, True, True, False, False]
+    assert results["results"]["profile_mode"] == "noise" and results["ioi"]["config"]["mode"] == "noise"
+    manifest = json.loads((ctx.reports_dir / "manifest.json").read_text())
+    for name in ("ioi", "density", "kappa", "curves", "qualitative", "flops"):
+        assert any("Gumbel noise kept at inference" in e["caption"] for e in manifest[name]["entries"]), name
+
+
+@pytest.mark.slow
+def test_training_curves_of_every_trained_model(smoke_run):
+    ctx, results = smoke_run
+    runs = results["training"]["runs"]
+    assert set(runs) == set(zoo.variants())
+    assert runs["dense"]["stage"] == "dense" and runs["dense"]["steps"] == 6 and not runs["dense"]["pruning_blocks"]
+    vpp = runs["vpp55"]
+    assert vpp["steps"] == 2 and vpp["pruning_blocks"] == [1, 3, 6, 9] and vpp["keep_logged"]
+    # smoke grid 6 x 6 = 36 tokens: Map-SM keeps floor(36 * 0.7) = 25 -> 25/36; SMs 0.7 * 0.8^i
+    assert vpp["targets"] == pytest.approx({"1": 25 / 36, "3": 0.56, "6": 0.448, "9": 0.3584})
+    assert len(vpp["series"]["step"]) == 2 and set(vpp["series"]) >= {"loss_seg", "loss_sparse", "keep_b1"}
+    # Map-SM's top-k count is exact on the chain frames that have a previous frame
+    assert vpp["series"]["keep_b1"] == pytest.approx([25 / 36] * 2)
+    assert runs["dynamicvit40"]["pruning_blocks"] == [3, 6, 9]
+    assert (ctx.reports_dir / "training_curves.png").is_file()
