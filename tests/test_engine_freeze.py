@@ -124,3 +124,23 @@ def test_imgfocus_pretrained_backbone_loads(cache):
     assert all(torch.equal(mine[k], sd[k]) for k in sd)
     with pytest.raises(ValueError, match="multiples of 14"):
         build_vis_model({**mcfg, "img_size": [32, 32]}, 1)
+
+
+def test_davis_switch_frozen_dense_then_backbone_finetuned_at_a_tenth_lr(cache):
+    """The official sparse stage fine-tunes the backbone at x0.1 lr (vpp-notes §7.2); the davis profile freezes
+    it. ``train.sparse.freeze_backbone: false`` switches the sparse stage alone: the backbone then trains, in the
+    optimizer at ``train.sparse.backbone_lr_mult`` (0.1) x the stage lr."""
+    davis = load_config("davis")
+    assert davis["train"]["freeze_backbone"] is True and davis["train"]["sparse"]["backbone_lr_mult"] == 0.1
+    cfg = load_config("smoke", TINY + ["train.freeze_backbone=true", "train.sparse.freeze_backbone=false",
+                                       "train.dense.steps=2", "train.sparse.steps=2", "train.sparse.ckpt_every=2",
+                                       "pruning.method=vpp", "pruning.schedule=pkr55"])
+    dense = train(cfg, "dense", out_dir=cache / "dense", progress=False)
+    sparse = train(cfg, "sparse", out_dir=cache / "sparse", init=dense["checkpoint"], progress=False)
+    assert dense["backbone"]["frozen"] and not sparse["backbone"]["frozen"]
+    v1, _, _ = _split(_sd(dense["checkpoint"]))
+    v2, _, _ = _split(_sd(sparse["checkpoint"]))
+    assert any(not torch.equal(v1[k], v2[k]) for k in v1)               # the backbone moved in the sparse stage
+    ck = torch.load(sparse["checkpoint"].replace("model_final", "checkpoint_last"), weights_only=False)
+    lrs = sorted({g["initial_lr"] for g in ck["optimizer"]["param_groups"]})
+    assert lrs == pytest.approx([5.0e-5, 5.0e-4])                       # backbone 0.1 x 5e-4, the rest 5e-4
