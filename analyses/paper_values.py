@@ -80,5 +80,9 @@ PAPER_SETUP = {
     "mask loss": "BCE + Dice on 12544 sampled points",
     "dense stage": "6 epochs over annotated key frames, 8 samples / step (1 per GPU x 8), key + 1 reference",
     "sparse stage": "6 epochs, 8 samples / step, 3-frame chains reff -> ref -> key",
+    "segmentation loss per frame": "key (static queries) x1 + ref (track queries) x0.5 + key (track queries) x0.5; "
+                                   "none on reff (rovis.py)",
+    "drop path": "0.1 (Tiny) / 0.2 (Small)",
+    "inference": "Gumbel noise kept (official code; supplementary §B: essential)",
 }
 PAPER_SETUP_SOURCE = "vpp-notes.md §2.1-2.3 and §7 (official configs and README)"

@@ -73,6 +73,11 @@ def _stage_line(ctx: Context, stage: str) -> str:
     return f"{amount}, batch {t['batch']} per process (clips of {frames} frames), lr {t['lr']}"
 
 
+def _weights(tcfg: dict) -> str:
+    """A stage's segmentation-loss weights per chain frame, e.g. ``x0.0 / x0.5 / x1.0``."""
+    return " / ".join(f"x{w}" for w in tcfg["frame_loss_weights"])
+
+
 def setup_section(ctx: Context) -> list[str]:
     """Markdown lines: this profile's setup next to the paper's (what was scaled down for the CPU).
 
@@ -92,23 +97,30 @@ def setup_section(ctx: Context) -> list[str]:
     else:
         data = f"YouTube-VIS json {d['train_json']} / {d['val_json']}"
     pretrained = m["pretrained"] or m["backbone_checkpoint"]
-    frozen = bool(cfg["train"]["freeze_backbone"])
-    lr_mult = cfg["train"]["backbone_lr_mult"]
-    sparse_lr_mult = stage_config(cfg, "sparse")["backbone_lr_mult"]
+    dense_cfg, sparse_cfg = stage_config(cfg, "dense"), stage_config(cfg, "sparse")
+    frozen = bool(dense_cfg["freeze_backbone"]) and bool(sparse_cfg["freeze_backbone"])
+    lr_mult = dense_cfg["backbone_lr_mult"]
+    sparse_lr_mult = sparse_cfg["backbone_lr_mult"]
+    sparse_training = ("frozen" if sparse_cfg["freeze_backbone"] else f"x{sparse_lr_mult}")
     points = int(cfg["loss"]["num_points"])
     ours = {
         "data": data,
         "backbone": f"plain ViT `{m['arch']}` (no adapter), "
                     + (f"pretrained `{pretrained}`" if pretrained else "trained from scratch"),
         "backbone training": "frozen (pruner modules, pyramid and decoder train)" if frozen
-                             else f"trained, lr x{lr_mult} (sparse stage: "
-                                  f"x{sparse_lr_mult})",
+                             else ("frozen" if dense_cfg["freeze_backbone"] else f"trained, lr x{lr_mult}")
+                             + f" (sparse stage: {sparse_training})",
         "input": f"{size[0]}x{size[1]} px, N = {grid[0]}x{grid[1]} tokens (frames resized, no padding)",
         "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m['dim']}-d, "
                     f"{m['num_queries']} queries, {m['dec_layers']} decoder layers (docs/vis_model.md)",
         "mask loss": f"BCE + Dice on {points} sampled points" if points else "BCE + Dice on every stride-4 pixel",
         "dense stage": _stage_line(ctx, "dense"),
         "sparse stage": _stage_line(ctx, "sparse"),
+        "segmentation loss per frame": (f"dense {_weights(dense_cfg)}; sparse {_weights(sparse_cfg)} (chain "
+                                        "order, last = key; no track queries)"),
+        "drop path": f"{float((m.get('backbone_kwargs') or {}).get('drop_path_rate', 0.0)):g}",
+        "inference": ("Gumbel noise kept, seeded per video (results table: both modes)"
+                      if cfg["eval"]["inference_noise"] else "deterministic (results table: both modes)"),
     }
     lines = [f"## Setup of this run vs the paper (what `{ctx.profile}` scales down)", "",
              "| setting | this run (from the profile config) | paper (quoted) |", "|---|---|---|"]

@@ -95,6 +95,8 @@ def test_index_states_the_setup_and_the_backbone_of_every_model(smoke_run):
     setup = index.split("## Setup of this run vs the paper")[1].split("\n## ")[0]
     assert "| sparse stage | 2 steps (one sample per video)" in setup  # read from the run's config (OVERRIDES)
     assert "| dense stage | 6 steps" in setup
+    assert "| segmentation loss per frame | dense x0.5 / x1.0; sparse x0.0 / x0.5 / x1.0" in setup
+    assert "| inference | Gumbel noise kept, seeded per video" in setup
     section = index.split("## Models and their backbones")[1].split("\n## ")[0]
     for path in ctx.results_dir.glob("eval_*.json"):
         name = path.stem.removeprefix("eval_")
