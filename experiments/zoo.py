@@ -152,7 +152,8 @@ def evaluate(ctx: Context, name: str, mode: str | None = None) -> dict:
     Returns:
         dict with ``AP`` .. ``AR10`` (video AP, fractions), ``mAP_bbox``, ``mAP_segm``, ``pkr`` (fractions for
         all / first / later frames), ``density`` (12 per-block fractions, all frames), ``density_later``,
-        ``ioi`` (IoI table row: IoI, IoI_S, IoI_M, IoI_L, counts; fractions), ``records`` (path of the per-frame keep records), ``noise`` (inference Gumbel noise on/off), ``mode``,
+        ``ioi`` (IoI table row: IoI, IoI_S, IoI_M, IoI_L, counts; fractions), ``records`` (path of the per-frame
+        keep records), ``noise`` (inference Gumbel noise on/off), ``mode``,
         ``seconds_per_frame``, ``backbone`` (the checkpoint's backbone record).
 
     Raises:

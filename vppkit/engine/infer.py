@@ -51,8 +51,8 @@ from vppkit.models.records import KeepRecord
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-__all__ = ["EvalSettings", "infer_video", "video_rng", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records",
-           "records_pkr", "frame_loader"]
+__all__ = ["EvalSettings", "infer_video", "video_rng", "run_inference", "infer_checkpoint", "evaluate_run",
+           "load_keep_records", "records_pkr", "frame_loader"]
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps an
 ``metrics.csv`` (one row per step: ``loss`` (total), ``loss_seg`` (weighted task loss) and its parts,
 ``loss_sparse``, sparse stage ``keep_ratio`` and ``keep_b0`` .. ``keep_b11`` (:func:`chain_loss`), ``lr``, wall
 ``sec`` (waiting for the batch + the step) and ``cpu_sec`` of the training process (all its threads; loader
-workers not counted); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the checkpointed step), ``config.json``
-(+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0 writes.
+workers not counted); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the
+checkpointed step), ``config.json`` (+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0
+writes.
 """
 
 from __future__ import annotations
