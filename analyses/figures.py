@@ -197,7 +197,7 @@ def training_figure(ctx: Context, result: dict) -> list[Entry]:
         "tokens the layer processes, training mode, mean over the batch and the chain frames that have a previous "
         "frame) at each pruning layer, i.e. each layer whose nominal keep fraction differs from the layer before "
         "(VPP: Map-SM at layer 2, SMs at 4/7/10; SViT: first gate of each stage, 4/7/10; DynamicViT: 4/7/10); "
-        "dashed = the method's keep target there. Gates that stay near their initial keep ratio or far from the "
+        "dashed = the method's keep target there (its nominal schedule; fixed-count methods: floor(N · ratio) / N). Gates that stay near their initial keep ratio or far from the "
         "target by the last step were not trained by this schedule (docs/reading.md)."
         + (f" Averaged over equal runs of steps (at most {result['config']['max_points']} points) for: "
            + ", ".join(binned) + "." if binned else ""))]

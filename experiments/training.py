@@ -21,6 +21,7 @@ the realised keep ratios reached their targets and whether the task loss recover
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -55,6 +56,14 @@ def bin_rows(df: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFrame:
     return df.groupby(np.arange(len(df)) // size).mean().reset_index(drop=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _geometry(arch: str, img_size: tuple[int, int]) -> tuple[int, int, int]:
+    """(N patch tokens, depth, width C) of backbone ``arch`` at ``img_size`` (built once per pair)."""
+    vit = build_backbone(arch, img_size=img_size)
+    grid = vit.vit.patch_embed.grid_size
+    return int(grid[0] * grid[1]), len(vit.vit.blocks), int(vit.embed_dim)
+
+
 def schedule_targets(run_cfg: dict) -> tuple[list[int], dict[int, float]]:
     """Pruning blocks and their keep targets of a sparse run (``config.json`` of its run folder).
 
@@ -67,10 +76,8 @@ def schedule_targets(run_cfg: dict) -> tuple[list[int], dict[int, float]]:
     """
     cfg = run_cfg["config"]
     mcfg = (run_cfg.get("backbone") or {}).get("model") or cfg["model"]
-    vit = build_backbone(mcfg["arch"], img_size=img_size_hw(mcfg["img_size"]))
-    grid = vit.vit.patch_embed.grid_size
-    n, depth = int(grid[0] * grid[1]), len(vit.vit.blocks)
-    pruner = build_pruner(cfg["pruning"], vit.embed_dim)
+    n, depth, dim = _geometry(mcfg["arch"], img_size_hw(mcfg["img_size"]))
+    pruner = build_pruner(cfg["pruning"], dim)
     fractions = [c / n for c in pruner.nominal_counts(n, depth).attn]
     blocks = [b for b in range(1, depth) if not math.isclose(fractions[b], fractions[b - 1])]
     return blocks, {b: fractions[b] for b in blocks}
