@@ -47,6 +47,7 @@ from vppkit.config import img_size_hw
 from vppkit.models.blocks import (
     GATHER_IMPLS,
     run_block_gathered,
+    run_blocks_gathered,
     run_block_masked,
 )
 from vppkit.models.pruning.base import DensePruner, Pruner
@@ -117,6 +118,10 @@ class PrunableViT(nn.Module):
         self.vit = vit
         self.pruner = pruner if pruner is not None else DensePruner()
         self.gather_impl = gather_impl
+        #: points i (0..depth, x_i = input of block i) where gathered inference must hold the full token grid
+        #: besides the pruner's own (:meth:`_full_points`); a host that reads or writes the tokens between
+        #: blocks (e.g. adapter interactions) adds its points here.
+        self.full_token_points: frozenset = frozenset()
 
     # ---- properties ----
     @property
@@ -232,18 +237,43 @@ class PrunableViT(nn.Module):
         feats = [x] if keep_features else None
         masks = []
         blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
-        for b, blk in enumerate(blocks):
+        points = self._full_points(mode, keep_features, ctx, len(blocks))
+        b = 0
+        while b < len(blocks):
             keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
             masks.append(keep.detach() > 0.5)
             want = b in self.pruner.needs_attention
+            end = b + 1 if points is None else min(i for i in points | {len(blocks)} if i > b)
             if mode == "masked":
-                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
-            else:
-                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
-            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+                x, attn = run_block_masked(blocks[b], x, keep, p, want, self.has_cls)
+            elif end == b + 1:
+                x, attn = run_block_gathered(blocks[b], x, keep, p, want, self.has_cls, self.gather_impl)
+            else:   # blocks b .. end-1 under one mask: stay gathered, full grid again at point `end`
+                x, attn = run_blocks_gathered(blocks[b:end], x, keep, p, self.gather_impl), None
+                masks.extend([masks[-1]] * (end - b - 1))
+            self.pruner.after_block(end - 1, x[:, p:], keep, ctx, attn)
             if feats is not None:
                 feats.append(x)
+            b = end
         return x, grid, ctx, masks, feats
+
+    def _full_points(self, mode: str, keep_features: bool, ctx, depth: int) -> frozenset | None:
+        """Points (``i`` = between block i-1 and block i, 0..depth) where gathered inference materialises the
+        full token grid and calls the pruner's hooks; ``None`` = every point (block-by-block execution).
+
+        The union of the pruner's :meth:`~vppkit.models.pruning.base.Pruner.full_token_points` (where its keep
+        mask may change or its hooks read tokens), the blocks whose attention it needs (both sides), and
+        :attr:`full_token_points` (set by a host, e.g. interaction points of an adapter). Block by block
+        (``None``) in masked mode, with intermediates, and when autograd is on (the straight-through gradient
+        to the mask is applied per block).
+        """
+        if mode != "gathered" or keep_features or torch.is_grad_enabled():
+            return None
+        own = self.pruner.full_token_points(depth, ctx)
+        if own is None:
+            return None
+        att = {i for b in self.pruner.needs_attention for i in (b, b + 1)}
+        return frozenset(own) | frozenset(att) | frozenset(self.full_token_points) | {0}
 
     def _output(self, x: torch.Tensor, grid, ctx, masks: list, mode: str, inter) -> BackboneOutput:
         p = self.num_prefix_tokens
