@@ -3,20 +3,21 @@ per-sample counts, and VPP's pruner modules (:func:`block_breakdown`)."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Sequence
 
 import torch
 
 from vppkit.bench.specs import nominal_counts, resolve_methods
-from vppkit.bench.timing import machine_info, time_calls
+from vppkit.bench.timing import machine_info, summarize, time_calls
 from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, ratio_schedule
 from vppkit.models.pruning.vpp import VPPPruner
 from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
+from timm.models.vision_transformer import Block
+
 from vppkit.models.blocks import run_block_gathered
 from vppkit.models.vit import build_backbone
 
-__all__ = ["block_breakdown"]
+__all__ = ["block_breakdown", "benchmark_gather_impl"]
 
 
 def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40", batches: Sequence[int] = (1, 8),
@@ -84,7 +85,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
         log(f"breakdown {arch} {method}: batch {bsz}: {len(fns)} timings x {repeats}")
         with torch.inference_mode():
             ts = time_calls(fns, repeats, 1, device)
-        med = {key: 1000.0 * statistics.median(v) / bsz for key, v in ts.items()}
+        stats = {key: summarize(v, 1000.0 / bsz) for key, v in ts.items()}
+        med = {key: st["median"] for key, st in stats.items()}
         tot = {"dense_blocks": 0.0, "compute_K": 0.0, "gathered": 0.0, "mac_proportional": 0.0,
                "unequal_pad": 0.0, "unequal_loop": 0.0}
         dense_ms = med[(n, "dense_block")] if (n, "dense_block") in med else None
@@ -97,7 +99,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
             macp = (dense_ms if dense_ms is not None else d_ms) * block_macs(k + p, c)["total"] / macs_n
             row = {"batch": bsz, "kept": k, "fraction": k / n, "blocks": blocks, "dense_block_ms": d_ms,
                    "compute_K_ms": comp, "gathered_ms": gat, "gather_scatter_ms": gat - comp,
-                   "mac_proportional_ms": macp}
+                   "mac_proportional_ms": macp,
+                   "max_iqr_rel": max(st["iqr_rel"] for key, st in stats.items() if key[0] == k)}
             if (k, "unequal_pad") in med:
                 row["unequal_pad_ms"] = med[(k, "unequal_pad")]
                 row["unequal_loop_ms"] = med[(k, "unequal_loop")]
@@ -124,3 +127,30 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
             "ideal_speedup": ideal,
             "repeats": repeats, "spread": spread, "groups": out_groups, "totals": totals, "pruner_modules": modules,
             "machine": machine_info(device)}
+
+
+def benchmark_gather_impl(width: int = 384, heads: int = 6, tokens: int = 577, batches: Sequence[int] = (1, 8),
+                          repeats: int = 5, seed: int = 0, device: str = "cpu") -> dict:
+    """Time one gathered block with ``impl='pad'`` vs ``'loop'`` (kept fraction 0.3..0.9 per sample), the
+    measurement behind ``PrunableViT``'s default ``gather_impl`` (moved here from ``vppkit.models.vit``).
+
+    Args:
+        width, heads: block shape (ViT-S: 384, 6). tokens: sequence length incl. CLS.
+        batches: batch sizes to time. repeats: interleaved rounds (:func:`~vppkit.bench.timing.time_calls`).
+        device: "cpu" or "cuda".
+
+    Returns:
+        ``{batch: {'pad': seconds, 'loop': seconds}}``: the median per-call time of each impl.
+    """
+    g = torch.Generator().manual_seed(seed)
+    blk = Block(width, heads, qkv_bias=True).eval().to(device)
+    out = {}
+    for bsz in batches:
+        x = torch.randn(bsz, tokens, width, generator=g).to(device)
+        frac = torch.linspace(0.3, 0.9, bsz) if bsz > 1 else torch.tensor([0.6])
+        keep = (torch.rand(bsz, tokens - 1, generator=g) < frac[:, None]).float().to(device)
+        fns = {impl: (lambda impl=impl: run_block_gathered(blk, x, keep, 1, impl=impl)) for impl in ("pad", "loop")}
+        with torch.inference_mode():
+            ts = time_calls(fns, repeats, 1, device)
+        out[bsz] = {impl: summarize(v)["median"] for impl, v in ts.items()}
+    return out
