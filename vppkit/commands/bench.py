@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model and sizes, one repeat (smoke test)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/bench)")
+    p.add_argument("--report", type=Path, default=None, help="also write the Markdown report here")
     p.set_defaults(func=run)
 
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
                        pruning=cfg.get("pruning"), log=lambda s: print(s, flush=True), autocast=args.autocast,
                        compile_blocks=args.compile)
     write_report(result, out / "bench.json", out / "bench.md")
+    if args.report:
+        write_report(result, None, args.report)
     print(render_markdown(result))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
