@@ -87,6 +87,8 @@ def render_markdown(result: dict) -> str:
     lines += _render_targets(result)
     if result.get("breakdown"):
         lines += _render_breakdown(result["breakdown"])
+    if result.get("block_cost"):
+        lines += _render_block_cost(result["block_cost"])
     if result.get("memory"):
         lines += _render_memory(result["memory"])
     return "\n".join(lines) + "\n"
@@ -162,6 +164,26 @@ def _render_breakdown(bd: dict) -> list[str]:
                      f"{_f(t['unequal_loop'], 1)} | {_f(t['embed_norm'], 1)} | "
                      f"{_f(mod.get('all_modules_ms'), 1)} (Map-SM {_f(mod.get('map_sm_ms'), 1)}) |")
     lines.append("")
+    return lines
+
+
+def _render_block_cost(bc: dict) -> list[str]:
+    lines = [f"## Block cost vs kept tokens: `{bc['arch']}` {bc['img_size'][0]}x{bc['img_size'][1]} "
+             f"(N = {bc['num_patches']}), ms/frame", "",
+             "One block on a contiguous (B, 1 + K, C) tensor, interleaved rounds, median. `fixed` = the intercept of a "
+             "least-squares line t(K) = fixed + per-token x K: the cost per block that pruning cannot remove "
+             "(operator dispatch, threading); `share` = fixed / t(N).", ""]
+    for b, v in bc["batches"].items():
+        ks = list(v["eager"])
+        lines += [f"batch {b} (max IQR {100 * v['iqr_rel_max']:.1f} %):", "",
+                  "| | " + " | ".join(f"K={k}" for k in ks) + " | fixed | per token | share |",
+                  "|---|" + "---|" * (len(ks) + 3)]
+        for kind in ("eager", "compiled"):
+            if v.get(kind):
+                f = v["fit"][kind]
+                lines.append(f"| {kind} | " + " | ".join(f"{v[kind][k]:.3f}" for k in ks)
+                             + f" | {f['fixed_ms']:.3f} | {f['per_token_ms']:.4f} | {100 * f['fixed_share']:.0f} % |")
+        lines.append("")
     return lines
 
 

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block
 from vppkit.models.blocks import run_block_gathered
 from vppkit.models.vit import build_backbone
 
-__all__ = ["block_breakdown", "benchmark_gather_impl"]
+__all__ = ["block_breakdown", "benchmark_gather_impl", "block_cost_curve"]
 
 
 def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40", batches: Sequence[int] = (1, 8),
@@ -154,3 +154,53 @@ def benchmark_gather_impl(width: int = 384, heads: int = 6, tokens: int = 577, b
             ts = time_calls(fns, repeats, 1, device)
         out[bsz] = {impl: summarize(v)["median"] for impl, v in ts.items()}
     return out
+
+
+def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[float] = (1.0, 0.7, 0.5, 0.3, 0.15, 0.0),
+                     batches: Sequence[int] = (1, 8), repeats: int = 5, device: str | torch.device = "cpu",
+                     compiled: bool = False, seed: int = 0, min_run_time: float = 0.05) -> dict:
+    """Time of one block vs its token count K, and the fixed per-block cost (the floor pruning cannot remove).
+
+    One block of ``arch`` runs on a contiguous (B, P + K, C) tensor for K = round(N f), f in ``fractions``
+    (interleaved rounds); a least-squares line ``t(K) = fixed + per_token * K`` gives the fixed cost per block
+    (operator dispatch, thread start-up: what stays when K -> 0) and its share of the dense block
+    (``fixed_share = fixed / t(N)``). With ``compiled`` the same block compiled (``torch.compile(dynamic=True)``)
+    is timed beside the eager one.
+
+    Returns:
+        ``{"arch", "num_patches", "batches": {batch: {"eager": {K: ms}, "compiled": {K: ms} | None,
+        "fit": {"eager": {"fixed_ms", "per_token_ms", "fixed_share"}, ...}, "iqr_rel_max"}}}``; ms per frame.
+    """
+    torch.manual_seed(seed)
+    bb = build_backbone(arch, img_size=tuple(img_size)).eval().to(device)
+    grid = bb.grid_for(*img_size)
+    n, p, c = grid[0] * grid[1], bb.num_prefix_tokens, bb.embed_dim
+    blk = bb.vit.blocks[0]
+    cblk = torch.compile(blk, dynamic=True) if compiled else None
+    ks = sorted({max(0, min(n, round(n * f))) for f in fractions}, reverse=True)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for bsz in batches:
+        x = torch.randn(bsz, n + p, c, generator=g).to(device)
+        xs = {k: x[:, : k + p].contiguous() for k in ks}
+        fns = {("eager", k): (lambda k=k: blk(xs[k])) for k in ks}
+        if cblk is not None:
+            fns.update({("compiled", k): (lambda k=k: cblk(xs[k])) for k in ks})
+        with torch.inference_mode():
+            ts = time_calls(fns, repeats, 2, device, min_run_time=min_run_time)
+        stats = {key: summarize(v, 1000.0 / bsz) for key, v in ts.items()}
+        res = {"eager": {k: stats[("eager", k)]["median"] for k in ks}, "compiled": None, "fit": {},
+               "iqr_rel_max": max(s["iqr_rel"] for s in stats.values())}
+        if cblk is not None:
+            res["compiled"] = {k: stats[("compiled", k)]["median"] for k in ks}
+        for kind in ("eager", "compiled"):
+            if res[kind] is None:
+                continue
+            kk = torch.tensor([float(k) for k in ks], dtype=torch.float64)
+            tt = torch.tensor([res[kind][k] for k in ks], dtype=torch.float64)
+            a = torch.stack([torch.ones_like(kk), kk], 1)
+            fixed, slope = torch.linalg.lstsq(a, tt[:, None]).solution[:, 0].tolist()
+            res["fit"][kind] = {"fixed_ms": fixed, "per_token_ms": slope, "fixed_share": fixed / res[kind][n]}
+        out[str(bsz)] = res
+    return {"arch": arch, "img_size": list(img_size), "num_patches": n, "compiled": compiled, "batches": out,
+            "machine": machine_info(device)}

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from vppkit.bench.breakdown import block_breakdown
+from vppkit.bench.breakdown import block_breakdown, block_cost_curve
 from vppkit.bench.memory import memory_vs_length
 from vppkit.bench.specs import DEFAULT_GOAL_PKRS, ModelCase
 from vppkit.bench.speed import run_speed_benchmark
@@ -28,14 +28,15 @@ the ceiling row's ceiling/ideal; on the default profile's model (``target = "spe
 
 
 def default_suite(cfg: dict | None = None, quick: bool = False) -> dict:
-    """The ``make bench`` suite: DeiT-S at 384x640 and the profile's model; breakdown; memory settings.
+    """The ``make bench`` suite: DeiT-S at 384x640 and the profile's model; breakdown; block cost vs kept count
+    of the profile's model (:func:`~vppkit.bench.breakdown.block_cost_curve`); memory settings.
 
     Args:
         cfg: a profile config (``model`` section read: arch, img_size, head sizes); default profile when None.
         quick: a tiny suite for tests (vit_nano, 32x48 / 48x48 inputs, batches 1 and 2, one repeat).
 
     Returns:
-        ``{"cases": [ModelCase], "breakdown": {...} | None, "memory": {...} | None}``.
+        ``{"cases": [ModelCase], "breakdown": {...} | None, "memory": {...} | None, "block_cost": {...} | None}``.
     """
     if cfg is None:
         cfg = load_config("default")
@@ -53,7 +54,9 @@ def default_suite(cfg: dict | None = None, quick: bool = False) -> dict:
                               "repeats": 1},
                 "memory": {"lengths": (3, 6), "mcfg": {"arch": "vit_nano", "img_size": [32, 32], "dim": 16,
                                                        "num_queries": 4, "dec_layers": 1, "heads": 2},
-                           "modes": ("state-chain",)}}
+                           "modes": ("state-chain",)},
+                "block_cost": {"arch": "vit_nano", "img_size": (32, 48), "batches": (1,), "repeats": 1,
+                               "min_run_time": 0.0}}
     cases = [
         ModelCase("DeiT-S shape (vit_small, width 384, 6 heads), 384x640 input, N = 960", "vit_small", (384, 640),
                   methods=("dense", "vpp-pkr55", "vpp-pkr40", "svit", "dynamicvit", "evit", "tome"),
@@ -68,7 +71,9 @@ def default_suite(cfg: dict | None = None, quick: bool = False) -> dict:
     return {"cases": cases,
             "breakdown": {"arch": "vit_small", "img_size": (384, 640), "method": "vpp-pkr40", "batches": (1, 8),
                           "repeats": 2},
-            "memory": {"lengths": (100, 1000), "mcfg": dict(m), "modes": ("online", "state-chain")}}
+            "memory": {"lengths": (100, 1000), "mcfg": dict(m), "modes": ("online", "state-chain")},
+            "block_cost": {"arch": m["arch"], "img_size": img, "batches": (1, 8), "repeats": 7,
+                           "min_run_time": 0.05}}
 
 
 def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed: int = 0,
@@ -99,6 +104,13 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
         b = suite["breakdown"]
         bd = block_breakdown(b["arch"], tuple(b["img_size"]), b.get("method", "vpp-pkr40"),
                              tuple(b.get("batches", (1, 8))), int(b.get("repeats", 2)), device, seed, log=log)
+    cost = None
+    if suite.get("block_cost"):
+        bc = suite["block_cost"]
+        log(f"block cost vs kept count: {bc['arch']} {tuple(bc['img_size'])}")
+        cost = block_cost_curve(bc["arch"], tuple(bc["img_size"]), batches=tuple(bc.get("batches", (1, 8))),
+                                repeats=int(bc.get("repeats", 5)), device=device, seed=seed,
+                                min_run_time=float(bc.get("min_run_time", 0.05)))
     mem = None
     if suite.get("memory"):
         mm = suite["memory"]
@@ -109,7 +121,7 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
                                device, log=log)
     header["loadavg_end"] = machine_info(device)["loadavg"]
     header["seconds"] = round(time.perf_counter() - t0, 1)
-    res = {"header": header, "models": models, "breakdown": bd, "memory": mem}
+    res = {"header": header, "models": models, "breakdown": bd, "block_cost": cost, "memory": mem}
     res["targets"] = check_targets(res)
     return res
 

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="backbone only and/or whole model (backbone + VIS head)")
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per row and batch (median reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed forwards per row and batch first (default 1)")
-    p.add_argument("--no-breakdown", action="store_true", help="skip the per-block timing breakdown")
+    p.add_argument("--no-breakdown", action="store_true",
+                   help="skip the per-block timing breakdown and the block-cost curve")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-vs-video-length check")
     p.add_argument("--memory-frames", type=int, nargs="+", default=None, help="video lengths (default 100 1000)")
     p.add_argument("--min-run-time", type=float, default=None,
@@ -78,6 +79,8 @@ def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
                                                                if k in cfg["model"]})]
         if suite.get("breakdown"):
             suite["breakdown"] = {**suite["breakdown"], "arch": args.arch, "img_size": img}
+        if suite.get("block_cost"):
+            suite["block_cost"] = {**suite["block_cost"], "arch": args.arch, "img_size": img}
     over = {}
     if args.batch:
         over["batches"] = tuple(args.batch)
@@ -102,6 +105,7 @@ def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
     if suite.get("breakdown"):
         if args.no_breakdown:
             suite["breakdown"] = None
+            suite["block_cost"] = None
         else:
             if args.batch:
                 suite["breakdown"]["batches"] = tuple(args.batch)
