@@ -244,8 +244,9 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
         num_prefix: P (prefix tokens, always kept).
         impl: unequal kept counts in the batch: ``"pad"`` (pad to the largest count, key-padding mask; the
             padded slots run through the blocks as queries only and are dropped at the scatter), ``"loop"``
-            (one sample at a time) or ``"auto"`` (one batched call without padding when all counts are equal,
-            else ``"loop"``; the choice measured in :func:`vppkit.bench.breakdown.block_breakdown`).
+            (one sample at a time) or ``"auto"`` (``"loop"``; the choice measured in
+            :func:`vppkit.bench.breakdown.block_breakdown`). Equal counts always run as one batched call
+            (no padding needed).
 
     Returns:
         (B, P + N, C) tokens after the segment (a new tensor; ``x`` is not modified).
