@@ -30,6 +30,7 @@ def render_markdown(result: dict) -> str:
              f"threads {h.get('threads')} (cpu_count {h.get('cpu_count')}, OMP_NUM_THREADS={h.get('omp_num_threads')})",
              f"- load average (1/5/15 min) at start {h.get('loadavg_start')}, at end {h.get('loadavg_end')}: "
              "the machine was shared, timings are noisy when the load exceeds the core count",
+             *_quiet_line(h),
              f"- inference: {h.get('inference')}; benchmark wall time {h.get('seconds')} s",
              f"- timing: {h.get('timing', 'repeats, wall clock')}; autocast {h.get('autocast') or 'off (fp32)'}, "
              f"compiled blocks {'yes' if h.get('compile_blocks') else 'no'}", "",
@@ -92,6 +93,16 @@ def render_markdown(result: dict) -> str:
     if result.get("memory"):
         lines += _render_memory(result["memory"])
     return "\n".join(lines) + "\n"
+
+
+def _quiet_line(h: dict) -> list[str]:
+    """A warning line when the 1-min load average at start or end reached the core count (not a quiet run)."""
+    loads = [v[0] for v in (h.get("loadavg_start"), h.get("loadavg_end")) if v]
+    cores = h.get("cpu_count")
+    if not loads or not cores or str(h.get("device", "cpu")).startswith("cuda") or max(loads) < cores:
+        return []
+    return [f"- **not a quiet run**: 1-min load {max(loads):.1f} >= {cores} cores; the speed goals are judged "
+            "on a quiet run only (threads wait for each other when the cores are shared)"]
 
 
 def _ms(r: dict) -> str:
