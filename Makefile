@@ -5,6 +5,7 @@
 #   DATA=DIR                       dataset root for real-data profiles (davis: a DAVIS folder)
 #   FORCE=1                        recompute results even when a saved result matches the config
 #   ARGS="key=value ..."           config overrides, e.g. ARGS="train.sparse.steps=200"
+#   DEVICE=cuda                    make bench on that device (BENCH_ARGS="--autocast bf16 --compile" for options)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,6 +16,8 @@ PROFILE ?= default
 DATA    ?=
 FORCE   ?= 0
 ARGS    ?=
+DEVICE  ?=
+BENCH_ARGS ?=
 RUN     := $(PY) -m vppkit run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
 
 .PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle training bench tables figures lock clean-results
@@ -37,8 +40,14 @@ test: $(STAMP)
 fgs ioi density kappa curves results qualitative flops evtp selectors oracle training: $(STAMP)
 	$(RUN) $@
 
+# make bench DEVICE=cuda [BENCH_ARGS="--autocast bf16 --compile"]: the same suite on that device (CUDA events), written
+# to results/bench-<device>/ and reports/bench-<device>.md; without DEVICE the shared CPU/auto result (reports/bench.md)
 bench: $(STAMP)
+ifeq ($(strip $(DEVICE)),)
 	$(RUN) bench
+else
+	$(PY) -m vppkit bench --device $(DEVICE) --out results/bench-$(DEVICE) --report reports/bench-$(DEVICE).md $(BENCH_ARGS)
+endif
 
 tables: $(STAMP)
 	$(RUN) tables

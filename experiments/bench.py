@@ -38,7 +38,7 @@ def run(ctx: Context) -> dict:
     default_cfg = load_config("default")
     suite = default_suite(default_cfg)
     config = {"suite": {"cases": [asdict(c) for c in suite["cases"]], "breakdown": suite["breakdown"],
-                        "memory": suite["memory"]},
+                        "memory": suite["memory"], "block_cost": suite.get("block_cost")},
               "model": default_cfg.get("model"), "pruning": default_cfg.get("pruning"), "seed": ctx.seed,
               "device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     shared = shared_context(ctx, default_cfg)

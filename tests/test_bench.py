@@ -8,6 +8,7 @@ breakdown arithmetic is checked with a fake timer that returns fixed times.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 import pytest
@@ -15,8 +16,9 @@ import torch
 
 from analyses.bench import write_report
 from vppkit import bench
-from vppkit.bench import (DEFAULT_GOAL_PKRS, MethodSpec, ModelCase, block_breakdown, nominal_counts,
-                          nominal_masks, resolve_methods, run_speed_benchmark, time_calls, tome_r_for_pkr)
+from vppkit.bench import (DEFAULT_GOAL_PKRS, IQR_FLAG, MethodSpec, ModelCase, block_breakdown, nominal_counts,
+                          nominal_masks, resolve_methods, run_speed_benchmark, summarize, time_calls,
+                          tome_r_for_pkr)
 from vppkit.bench.memory import _memory_worker
 from vppkit.models.pruning.base import ForcedSchedulePruner
 from vppkit.models.pruning.schedules import nominal_pkr
@@ -113,11 +115,26 @@ def test_forced_pruner_runs_modules_and_imposes_masks():
 
 def test_time_calls_structure():
     calls = []
-    ts = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    ts = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1,
+                    min_run_time=0.0)
     assert set(ts) == {"a", "b"} and all(len(v) == 2 and min(v) >= 0 for v in ts.values())
-    assert calls == ["a", "b"] * 3                               # interleaved
+    # warm-up a, b; then per round a block of a's, then of b's (blocked_autorange: sizing call + timed block)
+    assert [k for k, _ in itertools.groupby(calls)] == ["a", "b"] * 3
     with pytest.raises(ValueError):
         time_calls({}, repeats=0)
+
+
+def test_summarize_known_answers():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])      # linear quantiles: q1 = 2, median = 3, q3 = 4
+    assert (s["median"], s["q1"], s["q3"], s["iqr"], s["min"], s["n"]) == (3.0, 2.0, 4.0, 2.0, 1.0, 5)
+    assert s["iqr_rel"] == pytest.approx(2 / 3) and s["flagged"]
+    # 100..103: q1 = 100 + 0.75, q3 = 102.25, median 101.5: IQR 1.5 = 1.48 % of the median, not flagged
+    s = summarize([0.100, 0.101, 0.102, 0.103], scale=1000.0)
+    assert s["median"] == pytest.approx(101.5) and s["iqr"] == pytest.approx(1.5)
+    assert s["iqr_rel"] == pytest.approx(1.5 / 101.5) and not s["flagged"]
+    assert IQR_FLAG == 0.05
+    with pytest.raises(ValueError):
+        summarize([])
 
 
 @pytest.fixture(scope="module")
@@ -155,19 +172,26 @@ def test_quick_suite_rows(quick_result):
             assert r["realised_pkr"] == pytest.approx(sum(VPP40_N6) / 72)
         if r["variant"] == "real" and r["family"] in ("vpp", "svit"):
             assert r["overhead_GMACs"] > 0
-        if r["variant"] == "schedule":
+        if r["variant"] in ("schedule", "ceiling"):
             assert r["overhead_GMACs"] == 0
+        assert r["iqr_ms"] >= 0 and isinstance(r["flagged"], bool)
+    ceil = [r for r in rows if r["variant"] == "ceiling"]
+    assert {(r["method"], r["batch"], r["part"]) for r in ceil} == {("vpp-pkr40", 1, "backbone"),
+                                                                     ("vpp-pkr40", 2, "backbone")}
+    for r in rows:
+        if r["family"] == "vpp" and r["part"] == "backbone":
+            assert r["realized_over_ceiling"] > 0 and r["ceiling_over_ideal"] > 0
     whole = {(r["method"], r["variant"], r["batch"]): r for r in rows if r["part"] == "whole"}
     head = quick_result["models"][0]["head_GMACs"]
     assert head > 0
     for r in rows:
-        if r["part"] == "backbone":
+        if r["part"] == "backbone" and r["variant"] != "ceiling":
             assert whole[(r["method"], r["variant"], r["batch"])]["GMACs"] == pytest.approx(r["GMACs"] + head)
 
 
 def _fake_time_calls(seconds):
     """A stand-in for ``time_calls`` that returns fixed times: ``seconds(key)`` per timed call, nothing run."""
-    def fake(fns, repeats, warmup=1, device="cpu"):
+    def fake(fns, repeats, warmup=1, device="cpu", **kw):
         return {k: [seconds(k)] * repeats for k in fns}
     return fake
 
@@ -213,7 +237,8 @@ def test_breakdown_from_fixed_times(monkeypatch):
 def test_quick_suite_targets_breakdown_markdown(quick_result, tmp_path):
     res = quick_result
     t = [x for x in res["targets"] if x["kind"] == "measured"]
-    assert [x["batch"] for x in t] == [1] and t[0]["goal"] == 0.75      # batch 2 has no goal
+    assert [x["batch"] for x in t] == [1] and t[0]["goal"] == 0.90      # batch 2 has no goal
+    assert t[0]["ceiling_over_ideal"] > 0 and isinstance(t[0]["within_ceiling_gap"], bool)
     assert isinstance(t[0]["met"], bool)
     assert t[0]["realized_over_ideal_min"] > 0
     est = [x for x in res["targets"] if x["kind"] == "estimate"]
@@ -249,14 +274,15 @@ def test_cli_build_suite_overrides():
 
     args = argparse.Namespace(quick=False, arch="vit_nano", img_size=[32, 48], batch=[1, 2], methods=["dense", "vpp"],
                               pkr=None, variants=["schedule"], parts=None, repeats=1, warmup=0, no_breakdown=True,
-                              no_memory=True, memory_frames=None)
+                              no_memory=True, memory_frames=None, min_run_time=0.0)
     suite = build_suite(args, load_config("default"))
     (case,) = suite["cases"]
     assert case.arch == "vit_nano" and case.img_size == (32, 48) and case.batches == (1, 2)
     assert case.variants == ("schedule",) and case.repeats == 1 and case.repeats_by_batch == {}
+    assert case.min_run_time == 0.0
     assert suite["breakdown"] is None and suite["memory"] is None
     res = run_speed_benchmark(case)
-    assert {r["variant"] for r in res["rows"]} == {"dense", "schedule"}
+    assert {r["variant"] for r in res["rows"]} == {"dense", "schedule", "ceiling"}
 
 
 def test_cli_registered():
@@ -264,3 +290,33 @@ def test_cli_registered():
 
     args = build_parser().parse_args(["bench", "--quick", "--no-memory", "--batch", "1"])
     assert args.command == "bench" and args.quick and args.batch == [1]
+
+
+def test_ceiling_from_fixed_times(monkeypatch):
+    # dense 10 ms, VPP schedule 5 ms, ceiling 4 ms per batch-1 forward: realized/ceiling = 4 / 5,
+    # ceiling/ideal = (10 / 4) / ideal, with ideal worked by hand from the MACs (as above)
+    monkeypatch.setattr("vppkit.bench.speed.time_calls", _fake_time_calls(
+        lambda k: {"dense": 0.010, "schedule": 0.005, "ceiling": 0.004}[k[2]]))
+    case = ModelCase("fake", "vit_nano", (32, 48), methods=("dense", "vpp-pkr40"), batches=(1,), repeats=4,
+                     variants=("schedule",))
+    rows = {r["variant"]: r for r in run_speed_benchmark(case)["rows"]}
+    ideal = 2600064 / 1398528
+    assert rows["ceiling"]["GMACs"] == pytest.approx(VPP40_N6_MACS / 1e9)
+    assert rows["schedule"]["realized_over_ceiling"] == pytest.approx(0.8)
+    assert rows["schedule"]["ceiling_over_ideal"] == pytest.approx(2.5 / ideal)
+    assert rows["schedule"]["iqr_ms"] == 0 and not rows["schedule"]["flagged"]
+
+
+def test_ceiling_forward_equals_dense_blocks_on_kept_tokens():
+    # with masks that keep every token the ceiling is the plain timm forward (features, before the head)
+    bb = build_backbone("vit_nano", (32, 48)).eval()
+    x = torch.rand(2, 3, 32, 48)
+    with torch.inference_mode():
+        ref = bb.vit.forward_features(x)
+        out = bench.ceiling_forward(bb.vit, x, torch.ones(2, 12, 6, dtype=torch.bool))()
+        assert torch.allclose(out, ref, atol=1e-5)
+        spec = resolve_methods(["vpp-pkr40"])[0]
+        m = nominal_masks(spec, 6, batch=2)
+        assert bench.ceiling_forward(bb.vit, x, m)().shape == (2, 1 + VPP40_N6[-1], 48)
+    with pytest.raises(ValueError):
+        bench.ceiling_forward(bb.vit, x, torch.rand(2, 12, 6) < 0.5)     # unequal / not nested

@@ -5,9 +5,14 @@ What is timed (docs/contracts.md; issue 5 "Cost"):
 - **backbone**: :class:`vppkit.models.vit.PrunableViT` in eval mode = **gathered execution** (kept tokens are
   gathered, the block runs on them, results are scattered back), under ``torch.inference_mode()``;
 - **whole**: backbone + VIS head (:class:`vppkit.models.vis.model.VISModel`: pyramid + query decoder);
-- per frame: ``ms/frame = median over repeats of (wall time of one batched forward) / batch``, after warm-up
-  calls; input tensors are created before timing (data loading excluded); on CUDA the device is synchronised
-  before reading the clock. Gumbel noise is **off** (deterministic inference switch ``inference_noise=False``).
+- per frame: ``ms/frame = median of the per-call times of one batched forward / batch``, with the interquartile
+  range (IQR) beside it; rows whose IQR exceeds 5 % of the median are flagged. Timed in interleaved rounds with
+  ``torch.utils.benchmark.Timer.blocked_autorange`` at the machine's thread count on the CPU, with CUDA events
+  after a warm-up call on the GPU (:mod:`~vppkit.bench.timing`); input tensors are created before timing (data
+  loading excluded). Gumbel noise is **off** (deterministic inference switch ``inference_noise=False``).
+- **ceiling** rows: timm's own modules on tokens gathered to the row's nominal masks, no vppkit code in the
+  loop (:func:`~vppkit.bench.speed.ceiling_forward`); ``realized/ceiling = ceiling ms / row ms`` is vppkit's own
+  overhead (gather / scatter glue, pruner modules).
 
 Untrained pruners do not meet their keep targets (VPP's SMs keep far fewer tokens untrained, SViT's gates far
 more or fewer), and speed depends on the kept-token schedule, so every pruned row runs the method's
@@ -47,18 +52,19 @@ The Markdown report is rendered by :mod:`analyses.bench`; :class:`ForcedSchedule
 
 from __future__ import annotations
 
-from vppkit.bench.breakdown import block_breakdown
+from vppkit.bench.breakdown import benchmark_gather_impl, block_breakdown
 from vppkit.bench.memory import memory_vs_length, summarize_memory
 from vppkit.bench.specs import (DEFAULT_GOAL_PKRS, METHOD_NAMES, VARIANTS, MethodSpec, ModelCase,
                                 build_method_pruner, nominal_counts, nominal_masks, resolve_methods, spec_pruner,
                                 tome_r_for_pkr)
-from vppkit.bench.speed import run_speed_benchmark
+from vppkit.bench.speed import ceiling_forward, run_speed_benchmark
 from vppkit.bench.suite import TARGETS, check_targets, default_suite, run_suite
-from vppkit.bench.timing import machine_info, synchronize, time_calls
+from vppkit.bench.timing import IQR_FLAG, loadavg, machine_info, summarize, synchronize, time_calls
 
 __all__ = [
     "MethodSpec", "ModelCase", "TARGETS", "DEFAULT_GOAL_PKRS", "METHOD_NAMES", "VARIANTS", "resolve_methods",
     "spec_pruner", "nominal_counts", "nominal_masks", "tome_r_for_pkr", "build_method_pruner", "time_calls",
     "synchronize", "run_speed_benchmark", "block_breakdown", "memory_vs_length", "summarize_memory",
-    "default_suite", "run_suite", "check_targets", "machine_info",
+    "default_suite", "run_suite", "check_targets", "machine_info", "summarize", "loadavg", "IQR_FLAG",
+    "ceiling_forward", "benchmark_gather_impl",
 ]

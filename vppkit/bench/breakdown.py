@@ -3,20 +3,21 @@ per-sample counts, and VPP's pruner modules (:func:`block_breakdown`)."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Sequence
 
 import torch
 
 from vppkit.bench.specs import nominal_counts, resolve_methods
-from vppkit.bench.timing import machine_info, time_calls
+from vppkit.bench.timing import machine_info, summarize, time_calls
 from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, ratio_schedule
 from vppkit.models.pruning.vpp import VPPPruner
 from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
+from timm.models.vision_transformer import Block
+
 from vppkit.models.blocks import run_block_gathered
 from vppkit.models.vit import build_backbone
 
-__all__ = ["block_breakdown"]
+__all__ = ["block_breakdown", "benchmark_gather_impl", "block_cost_curve"]
 
 
 def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40", batches: Sequence[int] = (1, 8),
@@ -84,7 +85,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
         log(f"breakdown {arch} {method}: batch {bsz}: {len(fns)} timings x {repeats}")
         with torch.inference_mode():
             ts = time_calls(fns, repeats, 1, device)
-        med = {key: 1000.0 * statistics.median(v) / bsz for key, v in ts.items()}
+        stats = {key: summarize(v, 1000.0 / bsz) for key, v in ts.items()}
+        med = {key: st["median"] for key, st in stats.items()}
         tot = {"dense_blocks": 0.0, "compute_K": 0.0, "gathered": 0.0, "mac_proportional": 0.0,
                "unequal_pad": 0.0, "unequal_loop": 0.0}
         dense_ms = med[(n, "dense_block")] if (n, "dense_block") in med else None
@@ -97,7 +99,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
             macp = (dense_ms if dense_ms is not None else d_ms) * block_macs(k + p, c)["total"] / macs_n
             row = {"batch": bsz, "kept": k, "fraction": k / n, "blocks": blocks, "dense_block_ms": d_ms,
                    "compute_K_ms": comp, "gathered_ms": gat, "gather_scatter_ms": gat - comp,
-                   "mac_proportional_ms": macp}
+                   "mac_proportional_ms": macp,
+                   "max_iqr_rel": max(st["iqr_rel"] for key, st in stats.items() if key[0] == k)}
             if (k, "unequal_pad") in med:
                 row["unequal_pad_ms"] = med[(k, "unequal_pad")]
                 row["unequal_loop_ms"] = med[(k, "unequal_loop")]
@@ -123,4 +126,81 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
     return {"arch": arch, "img_size": list(img_size), "method": spec.name, "num_patches": n, "counts": counts,
             "ideal_speedup": ideal,
             "repeats": repeats, "spread": spread, "groups": out_groups, "totals": totals, "pruner_modules": modules,
+            "machine": machine_info(device)}
+
+
+def benchmark_gather_impl(width: int = 384, heads: int = 6, tokens: int = 577, batches: Sequence[int] = (1, 8),
+                          repeats: int = 5, seed: int = 0, device: str = "cpu") -> dict:
+    """Time one gathered block with ``impl='pad'`` vs ``'loop'`` (kept fraction 0.3..0.9 per sample), the
+    measurement behind ``PrunableViT``'s default ``gather_impl`` (moved here from ``vppkit.models.vit``).
+
+    Args:
+        width, heads: block shape (ViT-S: 384, 6). tokens: sequence length incl. CLS.
+        batches: batch sizes to time. repeats: interleaved rounds (:func:`~vppkit.bench.timing.time_calls`).
+        device: "cpu" or "cuda".
+
+    Returns:
+        ``{batch: {'pad': seconds, 'loop': seconds}}``: the median per-call time of each impl.
+    """
+    g = torch.Generator().manual_seed(seed)
+    blk = Block(width, heads, qkv_bias=True).eval().to(device)
+    out = {}
+    for bsz in batches:
+        x = torch.randn(bsz, tokens, width, generator=g).to(device)
+        frac = torch.linspace(0.3, 0.9, bsz) if bsz > 1 else torch.tensor([0.6])
+        keep = (torch.rand(bsz, tokens - 1, generator=g) < frac[:, None]).float().to(device)
+        fns = {impl: (lambda impl=impl: run_block_gathered(blk, x, keep, 1, impl=impl)) for impl in ("pad", "loop")}
+        with torch.inference_mode():
+            ts = time_calls(fns, repeats, 1, device)
+        out[bsz] = {impl: summarize(v)["median"] for impl, v in ts.items()}
+    return out
+
+
+def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[float] = (1.0, 0.7, 0.5, 0.3, 0.15, 0.0),
+                     batches: Sequence[int] = (1, 8), repeats: int = 5, device: str | torch.device = "cpu",
+                     compiled: bool = False, seed: int = 0, min_run_time: float = 0.05) -> dict:
+    """Time of one block vs its token count K, and the fixed per-block cost (the floor pruning cannot remove).
+
+    One block of ``arch`` runs on a contiguous (B, P + K, C) tensor for K = round(N f), f in ``fractions``
+    (interleaved rounds); a least-squares line ``t(K) = fixed + per_token * K`` gives the fixed cost per block
+    (operator dispatch, thread start-up: what stays when K -> 0) and its share of the dense block
+    (``fixed_share = fixed / t(N)``). With ``compiled`` the same block compiled (``torch.compile(dynamic=True)``)
+    is timed beside the eager one.
+
+    Returns:
+        ``{"arch", "num_patches", "batches": {batch: {"eager": {K: ms}, "compiled": {K: ms} | None,
+        "fit": {"eager": {"fixed_ms", "per_token_ms", "fixed_share"}, ...}, "iqr_rel_max"}}}``; ms per frame.
+    """
+    torch.manual_seed(seed)
+    bb = build_backbone(arch, img_size=tuple(img_size)).eval().to(device)
+    grid = bb.grid_for(*img_size)
+    n, p, c = grid[0] * grid[1], bb.num_prefix_tokens, bb.embed_dim
+    blk = bb.vit.blocks[0]
+    cblk = torch.compile(blk, dynamic=True) if compiled else None
+    ks = sorted({max(0, min(n, round(n * f))) for f in fractions}, reverse=True)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for bsz in batches:
+        x = torch.randn(bsz, n + p, c, generator=g).to(device)
+        xs = {k: x[:, : k + p].contiguous() for k in ks}
+        fns = {("eager", k): (lambda k=k: blk(xs[k])) for k in ks}
+        if cblk is not None:
+            fns.update({("compiled", k): (lambda k=k: cblk(xs[k])) for k in ks})
+        with torch.inference_mode():
+            ts = time_calls(fns, repeats, 2, device, min_run_time=min_run_time)
+        stats = {key: summarize(v, 1000.0 / bsz) for key, v in ts.items()}
+        res = {"eager": {k: stats[("eager", k)]["median"] for k in ks}, "compiled": None, "fit": {},
+               "iqr_rel_max": max(s["iqr_rel"] for s in stats.values())}
+        if cblk is not None:
+            res["compiled"] = {k: stats[("compiled", k)]["median"] for k in ks}
+        for kind in ("eager", "compiled"):
+            if res[kind] is None:
+                continue
+            kk = torch.tensor([float(k) for k in ks], dtype=torch.float64)
+            tt = torch.tensor([res[kind][k] for k in ks], dtype=torch.float64)
+            a = torch.stack([torch.ones_like(kk), kk], 1)
+            fixed, slope = torch.linalg.lstsq(a, tt[:, None]).solution[:, 0].tolist()
+            res["fit"][kind] = {"fixed_ms": fixed, "per_token_ms": slope, "fixed_share": fixed / res[kind][n]}
+        out[str(bsz)] = res
+    return {"arch": arch, "img_size": list(img_size), "num_patches": n, "compiled": compiled, "batches": out,
             "machine": machine_info(device)}

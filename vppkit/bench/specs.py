@@ -231,13 +231,20 @@ class ModelCase:
         img_size: (H, W) input.
         methods: method names for :func:`resolve_methods`.
         batches: batch sizes.
-        repeats: timed forwards per (row, batch) (median reported); ``repeats_by_batch`` overrides per batch.
+        repeats: interleaved timing rounds per (row, batch) (:func:`~vppkit.bench.timing.time_calls`; median and
+            IQR reported); ``repeats_by_batch`` overrides per batch.
         warmup: untimed forwards per (row, batch) first.
         parts: ``"backbone"`` and/or ``"whole"`` (backbone + VIS head).
         variants: ``"schedule"`` and/or ``"real"``.
         variants_by_family: per method family (``vpp``, ``svit``, ...) a narrower variant list (saves time).
         head: VIS head sizes (``dim``, ``num_queries``, ``dec_layers``, ``heads``, ``num_classes``).
         goal_pkrs: goal PKRs for the baselines.
+        min_run_time: seconds of timed calls per row and round (``blocked_autorange``; at least one call).
+        ceiling: method families (``vpp``, ``dynamicvit``, ``evit``: nested masks) that get a ``ceiling`` row:
+            timm's blocks on tokens gathered to the row's nominal masks, no vppkit code
+            (:func:`vppkit.bench.speed.ceiling_forward`).
+        target: which goal of :data:`vppkit.bench.suite.TARGETS` the case is checked against:
+            ``"realized_over_ideal"`` (the DeiT-S case), ``"speedup"`` (the default profile's model) or None.
     """
 
     label: str
@@ -253,3 +260,6 @@ class ModelCase:
     variants_by_family: dict = field(default_factory=dict)
     head: dict = field(default_factory=dict)
     goal_pkrs: tuple[float, ...] = DEFAULT_GOAL_PKRS
+    min_run_time: float = 0.05
+    ceiling: tuple[str, ...] = ("vpp",)
+    target: str | None = None

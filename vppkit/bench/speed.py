@@ -7,21 +7,22 @@ ideal speed-ups and their ratio (see :mod:`vppkit.bench`).
 
 from __future__ import annotations
 
-import statistics
+from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
 
 from vppkit.bench.specs import MethodSpec, ModelCase, build_method_pruner, nominal_masks, resolve_methods
-from vppkit.bench.timing import machine_info, time_calls
+from vppkit.bench.timing import loadavg, machine_info, summarize, time_calls
 from vppkit.flops.analytic import TokenSchedule, ViTSpec, backbone_macs, ratio_schedule, tome_matching_macs
 from vppkit.flops.measure import count_macs
-from vppkit.models.pruning.base import ExternalMaskPruner
+from vppkit.models.pruning.base import ExternalMaskPruner, mask_change_points
+from vppkit.models.records import KeepRecord
 from vppkit.models.vis.model import VISModel
 from vppkit.models.vit import PrunableViT, build_backbone
 
-__all__ = ["run_speed_benchmark"]
+__all__ = ["run_speed_benchmark", "ceiling_forward"]
 
 
 def _record_macs(spec_vit, record, method: str) -> dict:
@@ -59,24 +60,40 @@ def _head_gmacs(vis_model, images: torch.Tensor) -> float:
 
 
 def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", seed: int = 0,
-                        log: Callable[[str], None] | None = None) -> dict:
-    """Time dense vs every method of ``case`` at its nominal schedule (backbone and/or whole model).
+                        log: Callable[[str], None] | None = None, autocast: str | None = None,
+                        compile_blocks: bool = False) -> dict:
+    """Time dense vs every method of ``case`` at its nominal schedule (backbone and/or whole model), and the
+    ceiling rows (:func:`ceiling_forward`) of the families in ``case.ceiling``.
 
     Args:
         case: the model and settings.
-        device: ``"cpu"`` or ``"cuda"`` (same code; synchronised before timing).
+        device: ``"cpu"`` or ``"cuda"`` (CUDA events on the GPU, :func:`vppkit.bench.timing.time_calls`).
         seed: weights, images and masks.
         log: optional progress printer.
+        autocast: ``"bf16"``: every timed forward under ``torch.autocast(device, torch.bfloat16)``; None: fp32.
+        compile_blocks: compile each timm block in place (``Block.compile(dynamic=True)``), shared by every row
+            (dense, pruned, ceiling); the vppkit code between blocks stays eager.
 
     Returns:
-        dict with ``case``, ``grid``, ``num_patches``, ``methods`` (specs), ``head_GMACs`` and ``rows``: one per
-        (part, method, variant, batch) with ``ms_per_frame`` (median), ``times_ms`` (all repeats, per frame),
-        ``realised_pkr``, ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``,
-        ``speedup_measured``, ``speedup_ideal``, ``realized_over_ideal``.
+        dict with ``case``, ``grid``, ``num_patches``, ``methods`` (specs), ``head_GMACs``, ``loadavg`` (per batch:
+        before and after its timing) and ``rows``: one per (part, method, variant, batch) with ``ms_per_frame``
+        (median of the per-call times / batch), ``iqr_ms``, ``iqr_rel`` (IQR / median), ``flagged`` (iqr_rel >
+        :data:`~vppkit.bench.timing.IQR_FLAG`), ``times_ms`` (every timed block, per frame), ``realised_pkr``,
+        ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``, ``speedup_measured``,
+        ``speedup_ideal``, ``realized_over_ideal`` and, where a ceiling row of the method was timed,
+        ``ceiling_over_ideal`` and ``realized_over_ceiling``.
+
+    Raises:
+        ValueError: unknown ``autocast``.
     """
+    if autocast not in (None, "bf16"):
+        raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
     log = log or (lambda s: None)
     torch.manual_seed(seed)
     dense = build_backbone(case.arch, img_size=tuple(case.img_size)).eval().to(device)
+    if compile_blocks:
+        for blk in dense.vit.blocks:
+            blk.compile(dynamic=True)
     grid = dense.grid_for(*case.img_size)
     n = grid[0] * grid[1]
     depth = dense.depth
@@ -96,8 +113,10 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                             ).eval().requires_grad_(False).to(device)
 
     rows: list[dict] = []
+    loads: dict[str, dict] = {}
     head_gmacs = None
     g = torch.Generator().manual_seed(seed)
+    amp = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if autocast else nullcontext
     for bsz in case.batches:
         images = torch.rand(bsz, 3, *case.img_size, generator=g).to(device)
         fns: dict[tuple, Callable] = {}
@@ -121,29 +140,89 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                     fns[key] = _make_forward(model, part, images, ext_state, spec.method, key, last)
                     if part == "whole" and head_gmacs is None and spec.method == "dense":
                         head_gmacs = _head_gmacs(model, images[:1])
+            if masks is not None and spec.method in case.ceiling and "backbone" in case.parts:
+                key = ("backbone", spec.name, "ceiling")
+                fns[key] = ceiling_forward(dense.vit, images, masks)
+                last[key] = KeepRecord.from_masks(masks, grid, torch.zeros(bsz, dtype=torch.float64),
+                                                  method=spec.method, execution="ceiling")
         reps = int(case.repeats_by_batch.get(bsz, case.repeats))
-        log(f"{case.label}: batch {bsz}: {len(fns)} configurations x ({case.warmup} warm-up + {reps} timed)")
-        with torch.inference_mode():
+        log(f"{case.label}: batch {bsz}: {len(fns)} configurations x {reps} interleaved rounds "
+            f"(>= {case.min_run_time} s each), load {loadavg()}")
+        load0 = loadavg()
+        with torch.inference_mode(), amp():
             for key, fn in fns.items():     # a first call per row: VPP gets its temporal state
                 fn()
-            times = time_calls(fns, reps, max(0, case.warmup - 1), device)
+            times = time_calls(fns, reps, max(0, case.warmup - 1), device, min_run_time=case.min_run_time)
+        loads[str(bsz)] = {"start": load0, "end": loadavg()}
         for key, ts in times.items():
             part, name, variant = key
             spec = next(s for s in specs if s.name == name)
             rec = last[key]
             macs = _record_macs(spec_vit, rec, spec.method)
-            per_frame = [1000.0 * t / bsz for t in ts]
+            st = summarize(ts, 1000.0 / bsz)
             gm = macs["total_GMACs"] + ((head_gmacs or 0.0) if part == "whole" else 0.0)
             rows.append({"part": part, "method": name, "family": spec.method, "variant": variant, "batch": bsz,
                          "goal_pkr": spec.goal_pkr, "realised_pkr": macs["pkr"], "GMACs": gm,
                          "backbone_GMACs": macs["backbone_GMACs"], "overhead_GMACs": macs["overhead_GMACs"],
-                         "ms_per_frame": statistics.median(per_frame), "ms_per_frame_min": min(per_frame),
-                         "times_ms": [round(t, 3) for t in per_frame],
+                         "ms_per_frame": st["median"], "ms_per_frame_min": st["min"], "iqr_ms": st["iqr"],
+                         "iqr_rel": st["iqr_rel"], "flagged": st["flagged"], "timed_blocks": st["n"],
+                         "times_ms": [round(1000.0 * t / bsz, 3) for t in ts],
                          "block_counts": macs["block_counts"]})
     _add_speedups(rows)
     return {"case": {**asdict(case), "img_size": list(case.img_size)}, "grid": list(grid), "num_patches": n,
             "methods": [asdict(s) for s in specs], "head": heads, "head_GMACs": head_gmacs, "rows": rows,
+            "loadavg": loads, "autocast": autocast, "compile_blocks": compile_blocks,
             "machine": machine_info(device)}
+
+
+def ceiling_forward(vit, images: torch.Tensor, masks: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The ceiling of gathered execution: timm's own modules on tokens gathered to the given per-block keep masks,
+    no vppkit code in the loop (issue 15).
+
+    Patch + position embedding (``patch_embed``, ``_pos_embed``, ``norm_pre``), then the blocks; where the mask
+    changes the kept tokens are gathered once (``index_select`` on the flattened tokens, indices prepared before
+    timing); nothing is scattered back (nothing needs the full grid); final ``norm``. Needs the same kept count
+    in every sample at each block (no padding).
+
+    Args:
+        vit: the timm VisionTransformer. images: (B, 3, H, W). masks: (B, depth, N) bool, nested (a pruned
+            token stays pruned), e.g. :func:`~vppkit.bench.specs.nominal_masks` of VPP / DynamicViT / EViT.
+
+    Returns:
+        A zero-argument callable returning the (B, P + K_last, C) normed tokens.
+
+    Raises:
+        ValueError: unequal counts across samples, or masks that are not nested.
+    """
+    bsz, depth, n = masks.shape
+    p = vit.num_prefix_tokens
+    counts = masks.sum(-1)
+    if not bool((counts == counts[:1]).all()):
+        raise ValueError("ceiling_forward needs equal kept counts in every sample")
+    if not bool((masks[:, 1:] <= masks[:, :-1]).all()):
+        raise ValueError("ceiling_forward needs nested masks (no reactivation)")
+    steps: dict[int, torch.Tensor] = {}
+    cur = torch.arange(n, device=masks.device).expand(bsz, n)        # token ids held, per sample
+    changes = mask_change_points(masks)
+    for b in range(depth):
+        if b in changes and not bool(masks[:, b].all()):
+            keep_now = masks[:, b].gather(1, cur)                        # which held tokens stay
+            k = int(keep_now[0].sum())
+            local = keep_now.nonzero()[:, 1].view(bsz, k)                # positions among the held tokens
+            t = cur.shape[1] + p
+            steps[b] = (torch.cat([torch.arange(p, device=masks.device).expand(bsz, p), local + p], 1)
+                        + torch.arange(bsz, device=masks.device)[:, None] * t).reshape(-1)
+            cur = cur.gather(1, local)
+
+    def fn() -> torch.Tensor:
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        for b, blk in enumerate(vit.blocks):
+            if b in steps:
+                x = x.reshape(-1, x.shape[-1]).index_select(0, steps[b]).view(bsz, -1, x.shape[-1])
+            x = blk(x)
+        return vit.norm(x)
+
+    return fn
 
 
 def _make_forward(model, part: str, images, ext_state, method: str, key, last: dict) -> Callable[[], None]:
@@ -173,3 +252,10 @@ def _add_speedups(rows: list[dict]) -> None:
         r["realized_over_ideal"] = r["speedup_measured"] / r["speedup_ideal"]
         if "ms_per_frame_min" in r and "ms_per_frame_min" in d:   # robust to load spikes: min over repeats
             r["realized_over_ideal_min"] = d["ms_per_frame_min"] / r["ms_per_frame_min"] / r["speedup_ideal"]
+    ceil = {(r["part"], r["method"], r["batch"]): r for r in rows if r["variant"] == "ceiling"}
+    for r in rows:
+        c = ceil.get((r["part"], r["method"], r["batch"]))
+        if c is None or "speedup_measured" not in c:
+            continue
+        r["ceiling_over_ideal"] = c["speedup_measured"] / r["speedup_ideal"]   # this row's ideal (its GMACs)
+        r["realized_over_ceiling"] = c["ms_per_frame"] / r["ms_per_frame"]

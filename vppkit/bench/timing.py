@@ -1,19 +1,33 @@
-"""Timing primitives of the speed benchmark: synchronised wall-clock timing of interleaved calls, machine info.
+"""Timing primitives of the speed benchmark: interleaved timing with spread, summaries, machine info.
 
-On CUDA the device is synchronised before and after each timed call; timings are wall-clock and depend on
-machine load, so :func:`machine_info` records ``os.getloadavg()``.
+- CPU: :class:`torch.utils.benchmark.Timer` (``blocked_autorange``) with ``num_threads`` set to the thread count
+  torch uses (``Timer`` defaults to **1** thread; on 2 cores that doubles every time). Each round times every
+  callable once, in turn (interleaved, so load changes hit all rows alike); a round of one callable is one
+  ``blocked_autorange(min_run_time)``: one untimed call that sizes the block (and warms the caches for this
+  callable after the others ran), then blocks of ``number`` calls until ``min_run_time`` seconds are spent.
+  The block times of all rounds are merged (:meth:`Measurement.merge`): one time per block, per call.
+- CUDA: CUDA events around a block of calls after one warm-up call per round (the block size is fixed from the
+  warm-up so a block lasts about ``min_run_time``); ``torch.cuda.synchronize`` only when reading the events.
+
+:func:`summarize` gives the median and the interquartile range of the per-call times (linear quantiles, as
+``Measurement``); :data:`IQR_FLAG` is the spread above which a report flags a row. Timings are wall-clock and
+depend on machine load: :func:`machine_info` records ``os.getloadavg()``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
-import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils.benchmark import Measurement, Timer
 
-__all__ = ["synchronize", "time_calls", "machine_info"]
+__all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info"]
+
+IQR_FLAG = 0.05
+"""A row whose interquartile range exceeds this fraction of its median is flagged in the report (issue 15)."""
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -22,18 +36,33 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-               device: str | torch.device = "cpu") -> dict[str, list[float]]:
-    """Time several callables, interleaved (so load changes hit all of them alike).
+def _cuda_round(fn: Callable[[], Any], number: int) -> float:
+    """One warm-up call, then ``number`` calls between two CUDA events; seconds per call."""
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(number):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0 / number
+
+
+def time_calls(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
+               device: str | torch.device = "cpu", min_run_time: float = 0.05,
+               threads: int | None = None) -> dict[Any, list[float]]:
+    """Time several callables in interleaved rounds; per-call times with their spread.
 
     Args:
         fns: name -> zero-argument callable (one forward).
-        repeats: timed calls per callable (>= 1).
-        warmup: untimed calls per callable first.
-        device: synchronised before and after each call.
+        repeats: rounds (>= 1); every round times every callable once (see the module docstring).
+        warmup: untimed calls per callable first, interleaved.
+        device: ``"cuda"`` times with CUDA events; anything else with ``torch.utils.benchmark.Timer``.
+        min_run_time: seconds of timed calls per callable and round (at least one block of calls).
+        threads: ``num_threads`` of the Timer (default ``torch.get_num_threads()``).
 
     Returns:
-        name -> list of ``repeats`` wall times in **seconds**.
+        name -> per-call times in **seconds**, one per timed block (>= ``repeats`` entries each).
 
     Raises:
         ValueError: ``repeats < 1``.
@@ -43,15 +72,53 @@ def time_calls(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
+    if torch.device(device).type == "cuda":
+        synchronize(device)
+        numbers = {}
+        for k, fn in fns.items():       # block size from one synchronised call
+            per = _cuda_round(fn, 1)
+            numbers[k] = max(1, math.ceil(min_run_time / max(per, 1e-6)))
+        out = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                out[k].append(_cuda_round(fn, numbers[k]))
+        return out
+    nt = threads or torch.get_num_threads()
+    timers = {k: Timer("fn()", globals={"fn": fn}, num_threads=nt, label=str(k)) for k, fn in fns.items()}
+    runs: dict[Any, list[Measurement]] = {k: [] for k in fns}
     for _ in range(repeats):
-        for k, fn in fns.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            out[k].append(time.perf_counter() - t0)
-    return out
+        for k, t in timers.items():
+            runs[k].append(t.blocked_autorange(min_run_time=min_run_time))
+    return {k: list(Measurement.merge(ms)[0].times) for k, ms in runs.items()}
+
+
+def summarize(times: Sequence[float], scale: float = 1.0) -> dict:
+    """Median and interquartile range of ``times`` (linear quantiles, as ``torch.utils.benchmark.Measurement``).
+
+    Args:
+        times: per-call times (any unit). scale: multiplies every statistic (e.g. 1000 / batch for ms/frame).
+
+    Returns:
+        ``{"median", "q1", "q3", "iqr", "iqr_rel" (iqr / median), "min", "n", "flagged" (iqr_rel > IQR_FLAG)}``.
+
+    Raises:
+        ValueError: no times.
+    """
+    if len(times) == 0:
+        raise ValueError("summarize needs at least one time")
+    t = torch.tensor([float(v) * scale for v in times], dtype=torch.float64)
+    q1, med, q3 = (float(v) for v in t.quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)))
+    rel = (q3 - q1) / med if med > 0 else float("inf")
+    return {"median": med, "q1": q1, "q3": q3, "iqr": q3 - q1, "iqr_rel": rel, "min": float(t.min()),
+            "n": len(times), "flagged": bool(rel > IQR_FLAG)}
+
+
+def loadavg() -> list[float] | None:
+    """The 1/5/15-min load average (``os.getloadavg``), rounded; None where the platform has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict:
@@ -63,8 +130,5 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
-    try:
-        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        info["loadavg"] = None
+    info["loadavg"] = loadavg()
     return info

@@ -5,7 +5,8 @@ Examples::
     vppkit bench                                   # the `make bench` suite (DeiT-S 384x640 + profile model)
     vppkit bench --quick --out /tmp/bench          # tiny suite (seconds)
     vppkit bench --arch vit_small --img-size 384 640 --batch 1 8 --methods dense vpp-pkr40 svit --repeats 3
-    vppkit bench --device cuda                     # same command on a GPU (synchronised timings)
+    vppkit bench --device cuda                     # same command on a GPU (CUDA-event timings)
+    vppkit bench --device cuda --autocast bf16 --compile
 
 Writes ``<out>/bench.json`` and ``<out>/bench.md`` (atomic). Pruned rows run each method's nominal keep schedule;
 see :mod:`vppkit.bench` for what ``schedule`` and ``real`` rows include. Gumbel noise is off (deterministic).
@@ -46,15 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="backbone only and/or whole model (backbone + VIS head)")
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per row and batch (median reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed forwards per row and batch first (default 1)")
-    p.add_argument("--no-breakdown", action="store_true", help="skip the per-block timing breakdown")
+    p.add_argument("--no-breakdown", action="store_true",
+                   help="skip the per-block timing breakdown and the block-cost curve")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-vs-video-length check")
     p.add_argument("--memory-frames", type=int, nargs="+", default=None, help="video lengths (default 100 1000)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    p.add_argument("--min-run-time", type=float, default=None,
+                   help="seconds of timed calls per row and round (torch.utils.benchmark blocked_autorange)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available); on cuda timings use "
+                                                    "CUDA events after warm-up")
+    p.add_argument("--autocast", choices=("bf16",), default=None, help="time every forward under bf16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each ViT block (dynamic shapes) for every row; vppkit glue stays eager")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (torch.set_num_threads; on a shared CPU 1 avoids OpenMP barrier stalls)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model and sizes, one repeat (smoke test)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default results/bench)")
+    p.add_argument("--report", type=Path, default=None, help="also write the Markdown report here")
     p.set_defaults(func=run)
 
 
@@ -70,6 +79,8 @@ def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
                                                                if k in cfg["model"]})]
         if suite.get("breakdown"):
             suite["breakdown"] = {**suite["breakdown"], "arch": args.arch, "img_size": img}
+        if suite.get("block_cost"):
+            suite["block_cost"] = {**suite["block_cost"], "arch": args.arch, "img_size": img}
     over = {}
     if args.batch:
         over["batches"] = tuple(args.batch)
@@ -88,10 +99,13 @@ def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
         over["repeats_by_batch"] = {}
     if args.warmup is not None:
         over["warmup"] = args.warmup
+    if getattr(args, "min_run_time", None) is not None:
+        over["min_run_time"] = args.min_run_time
     suite["cases"] = [replace(c, **over) for c in suite["cases"]]
     if suite.get("breakdown"):
         if args.no_breakdown:
             suite["breakdown"] = None
+            suite["block_cost"] = None
         else:
             if args.batch:
                 suite["breakdown"]["batches"] = tuple(args.batch)
@@ -112,8 +126,11 @@ def run(args: argparse.Namespace) -> int:
     suite = build_suite(args, cfg)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / "bench"
     result = run_suite(suite, device=device, profile=args.profile, seed=args.seed,
-                       pruning=cfg.get("pruning"), log=lambda s: print(s, flush=True))
+                       pruning=cfg.get("pruning"), log=lambda s: print(s, flush=True), autocast=args.autocast,
+                       compile_blocks=args.compile)
     write_report(result, out / "bench.json", out / "bench.md")
+    if args.report:
+        write_report(result, None, args.report)
     print(render_markdown(result))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0

@@ -221,3 +221,83 @@ def _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls):
     if want_attn:
         attn_info = BlockAttention(cls=None if not has_cls else torch.cat(clss, 0), received=torch.cat(recs, 0))
     return torch.cat(outs, 0), attn_info
+
+
+def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
+                        impl: str = "auto") -> torch.Tensor:
+    """Gathered execution of a **segment** of blocks under one keep mask: gather once, run every block of the
+    segment on the kept tokens, scatter once (vpp-notes §6.2; issue 15 "gather and scatter only where the keep
+    mask changes").
+
+    Equal to calling :func:`run_block_gathered` block by block with the same mask (kept tokens get the same
+    values: the blocks see the same sequences; pruned tokens carry their value unchanged) but with one gather
+    and one scatter per segment instead of per block, the gather / scatter as ``index_select`` / ``index_copy``
+    on the flattened (B * T, C) tokens with the prefix tokens inside the index (no ``cat``), and no
+    straight-through multiply (the forward value of a kept mask entry is exactly 1). For inference only: no
+    gradient reaches ``keep`` (PrunableViT uses it when autograd is off; otherwise it runs block by block).
+    One host-device synchronisation per segment (the kept counts size the gathered tensor).
+
+    Args:
+        blocks: the timm Blocks of the segment, run in order (an ``nn.ModuleList`` slice or a list).
+        x: (B, P + N, C) tokens entering the first block.
+        keep: (B, N) mask in force for the whole segment (forward values 0/1; > 0.5 = kept).
+        num_prefix: P (prefix tokens, always kept).
+        impl: unequal kept counts in the batch: ``"pad"`` (pad to the largest count, key-padding mask; the
+            padded slots run through the blocks as queries only and are dropped at the scatter), ``"loop"``
+            (one sample at a time) or ``"auto"`` (``"loop"``; the choice measured in
+            :func:`vppkit.bench.breakdown.block_breakdown`). Equal counts always run as one batched call
+            (no padding needed).
+
+    Returns:
+        (B, P + N, C) tokens after the segment (a new tensor; ``x`` is not modified).
+
+    Raises:
+        ValueError: unknown ``impl``.
+    """
+    if impl not in GATHER_IMPLS:
+        raise ValueError(f"gather_impl must be one of {GATHER_IMPLS}, got {impl!r}")
+    p = num_prefix
+    bsz, t, c = x.shape
+    n = t - p
+    keep_b = keep.detach() > 0.5
+    counts = keep_b.sum(1)
+    cl = counts.tolist()                     # the segment's one host-device synchronisation
+    if not cl or min(cl) == n:                # everything kept: the plain blocks
+        for blk in blocks:
+            x = blk(x)
+        return x
+    equal = max(cl) == min(cl)
+    if impl == "auto":
+        impl = "pad" if equal else "loop"
+    if impl == "loop" and not equal:
+        outs = []
+        for i in range(bsz):
+            pos = torch.cat([torch.arange(p, device=x.device), keep_b[i].nonzero(as_tuple=True)[0] + p])
+            if pos.numel() == 0:             # no prefix and nothing kept: the sample carries its tokens
+                outs.append(x[i:i + 1])
+                continue
+            seq = x[i].index_select(0, pos).unsqueeze(0)
+            for blk in blocks:
+                seq = blk(seq)
+            outs.append(x[i].index_copy(0, pos, seq[0]).unsqueeze(0))
+        return torch.cat(outs, 0)
+    kmax = max(cl)
+    if equal:    # nonzero lists kept tokens per sample in original order (= the stable argsort of _kept_index)
+        idx = keep_b.nonzero()[:, 1].view(bsz, kmax)
+        valid = None
+    else:
+        idx, valid, _ = _kept_index(keep_b)
+    base = torch.arange(bsz, device=x.device)[:, None] * t
+    pos = torch.cat([torch.arange(p, device=x.device).expand(bsz, p), idx + p], 1) + base   # (B, P + K_max)
+    flat = pos.reshape(-1)
+    seq0 = x.reshape(bsz * t, c).index_select(0, flat).view(bsz, p + kmax, c)
+    key_mask = None
+    if valid is not None:
+        empty = (counts == 0) if p == 0 else torch.zeros_like(counts, dtype=torch.bool)
+        key_mask = torch.cat([valid.new_ones(bsz, p), valid | empty[:, None]], dim=1)
+    seq = seq0
+    for blk in blocks:
+        seq = blk(seq, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+    if valid is not None:    # padded slots (pruned tokens) keep their value
+        seq = torch.where(torch.cat([valid.new_ones(bsz, p), valid], 1)[..., None], seq, seq0)
+    return x.reshape(bsz * t, c).index_copy(0, flat, seq.reshape(-1, c)).view(bsz, t, c)

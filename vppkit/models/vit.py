@@ -11,9 +11,9 @@ Execution modes (they agree on kept tokens; tested):
 - **gathered** (inference, §6.2): the kept tokens are gathered (MAE-style), the block runs on the shorter
   sequence and the result is scattered back. Batches with different kept counts per sample run either
   padded to the largest count with a key-padding mask (``gather_impl="pad"``) or one sample at a time
-  (``"loop"``). Measured with :func:`benchmark_gather_impl` (one block, width 384, 6 heads, 577 tokens, kept
-  fraction 0.3..0.9 across the batch; CPU, OMP_NUM_THREADS=1, a shared 2-core machine, so noisy: minimum of 15
-  interleaved runs, two seeds)::
+  (``"loop"``). Measured with :func:`vppkit.bench.breakdown.benchmark_gather_impl` (one block, width 384,
+  6 heads, 577 tokens, kept fraction 0.3..0.9 across the batch; CPU, OMP_NUM_THREADS=1, a shared 2-core machine,
+  so noisy: minimum of 15 interleaved runs, two seeds)::
 
       batch 1: pad 64 / 20 ms     loop 64 / 19 ms       (identical work)
       batch 8: pad 434 / 319 ms   loop 172 / 188 ms     (padding to K_max = 0.9 N costs ~1.5x tokens, ~1.9x
@@ -23,6 +23,12 @@ Execution modes (they agree on kept tokens; tested):
   Default ``gather_impl="auto"``: one batched call when all samples keep the same count (DynamicViT, EViT,
   fixed schedules), else the per-sample loop. No GPU was available to measure; on GPU the loop launches B
   times more kernels, so rerun ``benchmark_gather_impl(device="cuda")`` and consider ``"pad"`` there.
+  In inference (autograd off, no intermediates) the tokens **stay gathered between mask changes**: the
+  full grid is materialised only at the points the pruner declares
+  (:meth:`~vppkit.models.pruning.base.Pruner.full_token_points`: VPP {1, 3, 6, 9}), at blocks whose attention
+  it needs, and at :attr:`PrunableViT.full_token_points` (a host's points); the blocks in between run as one
+  segment (:func:`vppkit.models.blocks.run_blocks_gathered`: one gather, one scatter). Same values as block by
+  block (tested).
 - default: masked when ``self.training``, gathered otherwise; ``forward(execution=...)`` overrides.
 
 Differences from the official VPP code, on purpose (DESIGN.md §6): batch > 1 in the gathered mode; no state
@@ -33,20 +39,20 @@ output is never modified in place (vpp-notes §12.1).
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vppkit.config import img_size_hw
 from vppkit.models.blocks import (
     GATHER_IMPLS,
     run_block_gathered,
+    run_blocks_gathered,
     run_block_masked,
 )
 from vppkit.models.pruning.base import DensePruner, Pruner
@@ -117,6 +123,10 @@ class PrunableViT(nn.Module):
         self.vit = vit
         self.pruner = pruner if pruner is not None else DensePruner()
         self.gather_impl = gather_impl
+        #: points i (0..depth, x_i = input of block i) where gathered inference must hold the full token grid
+        #: besides the pruner's own (:meth:`_full_points`); a host that reads or writes the tokens between
+        #: blocks (e.g. adapter interactions) adds its points here.
+        self.full_token_points: frozenset = frozenset()
 
     # ---- properties ----
     @property
@@ -232,18 +242,43 @@ class PrunableViT(nn.Module):
         feats = [x] if keep_features else None
         masks = []
         blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
-        for b, blk in enumerate(blocks):
+        points = self._full_points(mode, keep_features, ctx, len(blocks))
+        b = 0
+        while b < len(blocks):
             keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
             masks.append(keep.detach() > 0.5)
             want = b in self.pruner.needs_attention
+            end = b + 1 if points is None else min(i for i in points | {len(blocks)} if i > b)
             if mode == "masked":
-                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
-            else:
-                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
-            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+                x, attn = run_block_masked(blocks[b], x, keep, p, want, self.has_cls)
+            elif end == b + 1:
+                x, attn = run_block_gathered(blocks[b], x, keep, p, want, self.has_cls, self.gather_impl)
+            else:   # blocks b .. end-1 under one mask: stay gathered, full grid again at point `end`
+                x, attn = run_blocks_gathered(blocks[b:end], x, keep, p, self.gather_impl), None
+                masks.extend([masks[-1]] * (end - b - 1))
+            self.pruner.after_block(end - 1, x[:, p:], keep, ctx, attn)
             if feats is not None:
                 feats.append(x)
+            b = end
         return x, grid, ctx, masks, feats
+
+    def _full_points(self, mode: str, keep_features: bool, ctx, depth: int) -> frozenset | None:
+        """Points (``i`` = between block i-1 and block i, 0..depth) where gathered inference materialises the
+        full token grid and calls the pruner's hooks; ``None`` = every point (block-by-block execution).
+
+        The union of the pruner's :meth:`~vppkit.models.pruning.base.Pruner.full_token_points` (where its keep
+        mask may change or its hooks read tokens), the blocks whose attention it needs (both sides), and
+        :attr:`full_token_points` (set by a host, e.g. interaction points of an adapter). Block by block
+        (``None``) in masked mode, with intermediates, and when autograd is on (the straight-through gradient
+        to the mask is applied per block).
+        """
+        if mode != "gathered" or keep_features or torch.is_grad_enabled():
+            return None
+        own = self.pruner.full_token_points(depth, ctx)
+        if own is None:
+            return None
+        att = {i for b in self.pruner.needs_attention for i in (b, b + 1)}
+        return frozenset(own) | frozenset(att) | frozenset(self.full_token_points) | {0}
 
     def _output(self, x: torch.Tensor, grid, ctx, masks: list, mode: str, inter) -> BackboneOutput:
         p = self.num_prefix_tokens
@@ -382,37 +417,3 @@ def build_backbone(arch: str, img_size: int | tuple[int, int] = 224, pruner: Pru
         model.load_timm_checkpoint(checkpoint)
     return model
 
-
-def benchmark_gather_impl(width: int = 384, heads: int = 6, tokens: int = 577, batches=(1, 8), repeats: int = 5,
-                          seed: int = 0, device: str = "cpu") -> dict:
-    """Time one gathered block with ``impl='pad'`` vs ``'loop'`` (kept fraction 0.3..0.9 per sample).
-
-    Args:
-        width, heads: block shape (ViT-S: 384, 6). tokens: sequence length incl. CLS.
-        batches: batch sizes to time. repeats: timed runs, interleaved (minimum reported). device: "cpu" or "cuda".
-
-    Returns:
-        ``{batch: {'pad': seconds, 'loop': seconds}}``. Used to choose the default ``gather_impl``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    blk = Block(width, heads, qkv_bias=True).eval().to(device)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    out = {}
-    for bsz in batches:
-        x = torch.randn(bsz, tokens, width, generator=g).to(device)
-        frac = torch.linspace(0.3, 0.9, bsz) if bsz > 1 else torch.tensor([0.6])
-        keep = (torch.rand(bsz, tokens - 1, generator=g) < frac[:, None]).float().to(device)
-        ts = {"pad": [], "loop": []}
-        with torch.no_grad():
-            for impl in ts:
-                run_block_gathered(blk, x, keep, 1, impl=impl)
-            for _ in range(repeats):                    # interleaved, so load changes hit both alike
-                for impl in ts:
-                    sync()
-                    t0 = time.perf_counter()
-                    run_block_gathered(blk, x, keep, 1, impl=impl)
-                    sync()
-                    ts[impl].append(time.perf_counter() - t0)
-        res = {impl: min(v) for impl, v in ts.items()}
-        out[bsz] = res
-    return out

@@ -188,6 +188,20 @@ class Pruner(nn.Module):
                     attn: BlockAttention | None = None) -> None:
         """Observe the output of block ``b``: (B, N, C) patch tokens, the mask used, attention if requested."""
 
+    def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset | None:
+        """Points where this pruner's hooks need the full token grid in gathered inference (issue 15).
+
+        Point ``i`` (0..depth) lies between block i-1 and block i; there the backbone holds the full tokens
+        x_i and calls ``after_block(i - 1)`` and ``before_block(i)``. Between two points the backbone keeps the
+        kept tokens gathered across blocks and **skips both hooks**, so a pruner that returns a set promises
+        that, in inference, ``before_block(b)`` returns ``keep`` unchanged and ``after_block(b - 1)`` does
+        nothing for every ``b`` not in it. ``None`` (this default) = every point (block-by-block execution).
+
+        Args:
+            depth: number of blocks run. ctx: this forward's context (after :meth:`begin`).
+        """
+        return None
+
     def finish(self, ctx: PruneContext) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """End the forward pass.
 
@@ -226,6 +240,17 @@ class DensePruner(Pruner):
 
     name = "dense"
 
+    def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset:
+        """No hook does anything: the blocks run as one segment."""
+        return frozenset()
+
+
+def mask_change_points(masks: torch.Tensor) -> frozenset:
+    """Points ``b`` (1..depth-1) where the (B, depth, N) bool masks of block b differ from block b-1 in any
+    sample, plus point 0 (one host-device synchronisation)."""
+    changed = (masks[:, 1:] != masks[:, :-1]).any(2).any(0)
+    return frozenset([0] + [b + 1 for b, c in enumerate(changed.tolist()) if c])
+
 
 class ExternalMaskPruner(Pruner):
     """Applies keep masks given from outside through ``state`` (training-free selectors, FLOPs at a schedule).
@@ -258,6 +283,10 @@ class ExternalMaskPruner(Pruner):
             raise ValueError(f"ExternalMaskPruner: no mask for block {b} (masks cover {masks.shape[1]} blocks)")
         return masks[:, b].to(x.dtype)
 
+    def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset:
+        """Where the given masks change (:func:`mask_change_points`)."""
+        return mask_change_points(ctx.data["masks"][:, :depth])
+
     def finish(self, ctx: PruneContext):
         _, loss, overhead = super().finish(ctx)
         return ctx.state, loss, overhead
@@ -289,6 +318,7 @@ class ForcedSchedulePruner(Pruner):
         self.masks = masks
         self.name = f"{inner.name}+forced"
         self.needs_attention = inner.needs_attention
+        self._changes = mask_change_points(masks.detach())
 
     def begin(self, x0: torch.Tensor, grid: tuple[int, int], state: Any = None) -> PruneContext:
         ctx = self.inner.begin(x0, grid, state)
@@ -304,6 +334,11 @@ class ForcedSchedulePruner(Pruner):
     def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
                     attn: BlockAttention | None = None) -> None:
         self.inner.after_block(b, x, keep, ctx, attn)
+
+    def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset | None:
+        """The inner pruner's points plus where the imposed masks change (``None`` if the inner's is)."""
+        own = self.inner.full_token_points(depth, ctx)
+        return None if own is None else own | self._changes
 
     def finish(self, ctx: PruneContext):
         return self.inner.finish(ctx)

@@ -242,6 +242,13 @@ class VPPPruner(Pruner):
             ctx.data["value"] = x.clone()
             ctx.data["value_mask"] = keep.detach() > 0.5
 
+    def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset:
+        """Map-SM's block (its mask, and the key saved after the block before it), the SM blocks and the point
+        after ``value_block`` (the saved value): {1, 3, 6, 9} for the default layout. Elsewhere the hooks
+        leave ``keep`` and the tokens alone."""
+        s = self.schedule
+        return frozenset({s.map_block, *s.sm_blocks, self.value_block + 1})
+
     def finish(self, ctx: PruneContext) -> tuple[TemporalState | None, torch.Tensor, torch.Tensor]:
         d = ctx.data
         next_state = None
