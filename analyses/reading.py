@@ -37,6 +37,45 @@ def _fgs_rises(r: dict) -> tuple[bool | None, str]:
     return (all(ok) if ok else None), "; ".join(out)
 
 
+#: bars of the default profile (issue 14): the premise VPP rests on must hold on the profile every new user runs
+FGS_X0_MAX = 0.65       # random-init backbone at x_0: the patch embedding alone must not give instances away
+FGS_RISE_MIN = 0.15     # trained dense backbone: best deep layer minus x_0
+DENSE_AP_MIN = 40.0     # dense model's video AP (AP_track, %) on the held-out videos
+
+
+def _fgs_x0_floor(r: dict) -> tuple[bool | None, str]:
+    """FGS of the random-init backbone at x_0 (patch embedding + position) <= :data:`FGS_X0_MAX`."""
+    b = r["backbones"].get("random")
+    if b is None:
+        return None, "no random-init backbone in this run"
+    x0 = b["layers"][0]["fgs"]
+    return x0 <= FGS_X0_MAX, f"random init: x_0 {x0:.3f} (bar ≤ {FGS_X0_MAX:.2f})"
+
+
+def _fgs_rise_trained(r: dict) -> tuple[bool | None, str]:
+    """Every trained backbone's FGS rises by >= :data:`FGS_RISE_MIN` from x_0 to its best layer x_1 .. x_L."""
+    verdicts, text = [], []
+    for name, b in r["backbones"].items():
+        if name == "random":
+            continue
+        layers = b["layers"]
+        x0 = layers[0]["fgs"]
+        best = max(layers[1:], key=lambda x: x["fgs"])
+        rise = best["fgs"] - x0
+        verdicts.append(rise >= FGS_RISE_MIN)
+        text.append(f"{name}: x_0 {x0:.3f} → {best['feature']} {best['fgs']:.3f} (rise {rise:+.3f}, bar ≥ "
+                    f"{FGS_RISE_MIN:.2f})")
+    return (all(verdicts) if verdicts else None), "; ".join(text)
+
+
+def _dense_ap(r: dict) -> tuple[bool | None, str]:
+    """The dense model's video AP (AP_track, %) on the held-out videos >= :data:`DENSE_AP_MIN`."""
+    dense = _by(r["rows"], variant="dense")
+    if dense is None or dense.get("AP_track") is None:
+        return None, "no dense row"
+    return dense["AP_track"] >= DENSE_AP_MIN, f"dense AP_track {_fmt(dense['AP_track'])} (bar ≥ {DENSE_AP_MIN:.0f})"
+
+
 def _ioi_vpp_beats_svit(r: dict) -> tuple[bool | None, str]:
     verdicts, text = [], []
     for goal in (55, 40):
@@ -135,7 +174,11 @@ def _instances_matter_more(r: dict) -> tuple[bool | None, str]:
 
 CHECKS: dict[str, list[Check]] = {
     "fgs": [("FGS rises with depth (trained backbones)", "Fig. 2 / supp. §C: ~0.6 at x_0, rising almost linearly "
-             "to layer 9", _fgs_rises)],
+             "to layer 9", _fgs_rises),
+            ("the patch embedding alone does not give instances away (random-init FGS at x_0 ≤ 0.65)",
+             "Fig. 2: ~0.6 at x_0; default-profile bar (issue 14)", _fgs_x0_floor),
+            ("the trained backbone's FGS rises by ≥ 0.15 from x_0 to its best layer",
+             "Fig. 2: ~0.6 at x_0 rising to layer 9; default-profile bar (issue 14)", _fgs_rise_trained)],
     "ioi": [("VPP covers instances better than SViT (IoI)", "Table 8: VPP > SViT by > 10 points at 55 % and 40 %",
              _ioi_vpp_beats_svit),
             ("both pruners keep instance patches more often than average (IoI > realised PKR)",
@@ -147,7 +190,9 @@ CHECKS: dict[str, list[Check]] = {
               ("realised PKR grows with κ_init", "Table 7: PKR 51.4 / 52.7 / 54.1", _kappa_pkr_monotone)],
     "curves": [("VPP loses the least AP at equal goal PKR", "Fig. 4: VPP < SViT < DynamicViT", _ap_loss_order)],
     "results": [("VPP stays within 2 AP points of dense", "README table: −0.6 / −1.9 (S), +0.1 / −1.3 (T)",
-                 _vpp_small_loss)],
+                 _vpp_small_loss),
+                ("the dense model segments the held-out videos (video AP ≥ 40 %)",
+                 "README table: dense 42.2 (T) / 50.4 (S); default-profile bar (issue 14)", _dense_ap)],
     "oracle": [("the dense model needs instance patches more than background ones (dropping them costs more AP)",
                 "premise of supp. §E (task loss biases the gates toward foreground); no experiment in the paper",
                 _instances_matter_more)],

@@ -62,3 +62,50 @@ def test_oracle_drop_masks_drop_equal_counts_from_the_block_on():
         settings_for({"oracle": {"fractions": [1.5]}})
     with pytest.raises(ValueError, match="unknown"):
         settings_for({"oracle": {"fraction": 0.5}})
+
+
+def _fgs(**curves):
+    """An FGS result with one backbone per keyword: name -> list of FGS values x_0, x_1, ..."""
+    return {"backbones": {name: {"layers": [{"feature": f"x_{i}", "fgs": v} for i, v in enumerate(vals)]}
+                          for name, vals in curves.items()}}
+
+
+def test_fgs_x0_floor():
+    from analyses.reading import _fgs_x0_floor
+
+    verdict, text = _fgs_x0_floor(_fgs(dense=[0.9, 0.95], random=[0.531, 0.54]))
+    assert verdict is True and "x_0 0.531" in text
+    assert _fgs_x0_floor(_fgs(random=[0.887, 0.9]))[0] is False     # generator v2: colour gives objects away
+    assert _fgs_x0_floor(_fgs(random=[0.65]))[0] is True              # the bar is inclusive
+    assert _fgs_x0_floor(_fgs(dense=[0.6, 0.8]))[0] is None
+
+
+def test_fgs_rise_trained():
+    from analyses.reading import _fgs_rise_trained
+
+    # best layer, not the last: 0.60 -> 0.80 at x_2 is a rise of 0.20 although x_12 falls back
+    verdict, text = _fgs_rise_trained(_fgs(dense=[0.60, 0.70, 0.80, 0.62], random=[0.5, 0.5, 0.5, 0.5]))
+    assert verdict is True and "x_0 0.600 → x_2 0.800 (rise +0.200" in text and "random" not in text
+    assert _fgs_rise_trained(_fgs(dense=[0.899, 0.91, 0.93]))[0] is False   # v2's dense model: +0.031
+    assert _fgs_rise_trained(_fgs(random=[0.5, 0.9]))[0] is None            # random init is not a trained model
+
+
+def test_dense_ap():
+    from analyses.reading import _dense_ap
+
+    rows = [{"variant": "dense", "AP_track": 41.25}, {"variant": "vpp55", "AP_track": 30.0}]
+    verdict, text = _dense_ap({"rows": rows})
+    assert verdict is True and "dense AP_track 41.2" in text
+    assert _dense_ap({"rows": [{"variant": "dense", "AP_track": 39.9}]})[0] is False
+    assert _dense_ap({"rows": [{"variant": "vpp55", "AP_track": 50.0}]})[0] is None
+
+
+def test_instances_matter_more_at_each_fraction():
+    from analyses.reading import _instances_matter_more
+
+    rows = [{"fraction": f, "condition": c, "AP": ap} for f, c, ap in (
+        (0.25, "drop_instance", 40.0), (0.25, "drop_background", 45.0),
+        (0.5, "drop_instance", 30.0), (0.5, "drop_background", 28.0))]
+    verdict, text = _instances_matter_more({"rows": rows})
+    assert verdict is False  # holds at 25 % only: the bar needs both fractions
+    assert "25 % dropped: AP 40.0 (instance) vs 45.0 (background)" in text and "50 % dropped" in text
