@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from analyses.caveats import IMGFOCUS_CAVEAT
 from analyses.paper_values import FGS_FIG2_DESCRIPTION, FGS_FIG2_INDEX0
 from analyses.render import save_figure, write_table
 from analyses.render import Entry, relative
@@ -50,8 +51,8 @@ def caption(result: dict) -> str:
     parts += [_backbone_line(n, result["backbones"][n]) + "." for n in result["order"]]
     for name, reason in (result.get("skipped") or {}).items():
         parts.append(f"Skipped {name}: {reason}.")
-    if result.get("imgfocus_caveat"):
-        parts.append(f"Caveat: {result['imgfocus_caveat']}")
+    if "imgfocus" in result["order"]:
+        parts.append(f"Caveat: {IMGFOCUS_CAVEAT}")
     parts.append(f"Paper values are quoted, not computed. {FGS_FIG2_DESCRIPTION} Only x_0 = {FGS_FIG2_INDEX0} is a "
                  f"number (column/point labelled 'paper').")
     return " ".join(parts)
@@ -115,3 +116,18 @@ def figure(ctx: Context, result: dict) -> list[Entry]:
     paths = save_figure(fig, ctx.reports_dir / "fgs_per_layer")
     rel = relative(ctx, paths)
     return [Entry("figure", TITLE, rel, caption(result), inline=f"![{TITLE}]({rel['png']})")]
+
+
+def format_layers(result: dict) -> str:
+    """Small plain-text table of a :func:`vppkit.engine.features.fgs_on_frames` result (one line per feature x_i;
+    the ``vppkit fgs`` command prints it)."""
+    lines = [f"{result['name']}: {result['label']}",
+             f"{'feature':>8} {'FGS':>6} {'CI low':>7} {'CI high':>7} {'acc':>6} {'AUC':>6}"]
+
+    def f(v) -> str:
+        return "  --  " if v is None else f"{v:6.3f}"
+
+    for r in result["layers"]:
+        lines.append(f"{r['feature']:>8} {f(r['fgs'])} {f(r['fgs_ci_low']):>7} {f(r['fgs_ci_high']):>7} "
+                     f"{f(r['accuracy'])} {f(r['roc_auc'])}")
+    return "\n".join(lines)

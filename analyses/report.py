@@ -14,12 +14,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from analyses.caveats import IMGFOCUS_CAVEAT
 from analyses.figures import FIGURES
+from analyses.paper_values import PAPER_SETUP, PAPER_SETUP_SOURCE
 from analyses.reading import write_reading
 from analyses.render import Entry
 from analyses.tables import TABLES
 from experiments.common import ARTIFACTS, REPORTS_ROOT, Context
+from vppkit.config import img_size_hw
 from vppkit.engine.train import stage_config
+from vppkit.models.vit import patch_grid
 from vppkit.utils.io import atomic_write_json, atomic_write_text
 from vppkit.utils.provenance import code_changed, git_commit, same_commit
 
@@ -75,13 +79,9 @@ def setup_section(ctx: Context) -> list[str]:
     Our column is read from the resolved profile config (``ctx.cfg``); the paper's column is quoted
     (:data:`analyses.paper_values.PAPER_SETUP`).
     """
-    from analyses.paper_values import PAPER_SETUP, PAPER_SETUP_SOURCE
-    from vppkit.config import img_size_hw
-    from vppkit.models.vit import build_backbone
-
     cfg, m, d = ctx.cfg, ctx.cfg["model"], ctx.cfg["data"]
     size = img_size_hw(m["img_size"])
-    grid = build_backbone(m["arch"], img_size=size).grid_for(*size)
+    grid = patch_grid(m["arch"], size)
     source = d["source"]
     if source == "synthetic":
         data = (f"synthetic YouTube-VIS-format videos: {d['num_videos']} train / {d['num_val_videos']} "
@@ -124,8 +124,6 @@ def models_section(ctx: Context) -> list[str]:
     caveat) or trained from scratch, frozen or not, and flags a pretrained backbone that fell back to random
     init (missing ``[pretrained]`` extra), whose numbers are not comparable. Empty when nothing was evaluated.
     """
-    from vppkit.metrics.fgs_frames import IMGFOCUS_CAVEAT
-
     rows, sources, fallbacks = [], set(), []
     for path in sorted(ctx.results_dir.glob("eval_*.json")):
         name = path.stem.removeprefix("eval_")

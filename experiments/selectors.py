@@ -4,22 +4,27 @@ EVTP-IVS states as its empirical premise that "subset token coverage correlates 
 performance" (evtp-notes §1, §4) but its correlation figure and coefficients were not retrievable. This
 study tests the premise on our ViT VIS model: the training-free selectors of
 :mod:`vppkit.models.pruning.selection` (random, uniform grid, attention received, plain k-center, DivPrune,
-spatial k-center with a λ sweep) choose k = round(r·N) patch tokens of every frame **at one block b**
+spatial k-center with a λ sweep) choose k = floor(r·N) patch tokens of every frame **at one block b**
 (0-based; figures say layer b+1) from the tokens entering that block; blocks 0..b-1 run dense, blocks
-b..depth-1 process only the selection (dropped tokens keep their block-b value, the PrunableViT convention).
+b..depth-1 process only the selection (dropped tokens keep their block-b value, the PrunableViT convention);
+k follows the pruners' count rule (:func:`vppkit.models.pruning.schedules.keep_count`).
 
 Measured per (selector, λ, seed, keep ratio), on the held-out split (subsampled frames):
 
 - ``coverage``: :func:`~vppkit.models.pruning.selection.spatial_coverage`, mean distance (patch units) from
   every patch to its nearest kept patch, averaged over frames (lower = better coverage); ``radius``: the
-  covering radius (max over patches of that distance, the k-center objective), averaged over frames.
+  covering radius (:func:`vppkit.metrics.coverage.covering_radius`, max over patches of that distance, the
+  k-center objective), averaged over frames.
 - ``IoI`` (+ ``IoI_S/M/L``): recall of ground-truth instance patches by the selected set
   (:class:`vppkit.metrics.ioi.IoIAccumulator` fed with the (depth, N) keep schedule, read at block b,
   instance pooling; size bins S <= 10 % < M <= 20 % < L of the frame area).
 - ``AP`` (+ AP50, AP75, APs/m/l, AR): YouTube-VIS video AP of the *trained dense* VIS model run with the
   selection applied from block b on (:class:`~vppkit.models.pruning.base.ExternalMaskPruner` over the same
-  trained ViT weights; no fine-tuning), :func:`vppkit.metrics.ytvis_ap.evaluate_video_ap` against the
-  ground truth restricted to the processed videos and frames.
+  trained ViT weights; no fine-tuning), run by the project's one inference loop
+  (:func:`vppkit.engine.infer.infer_video` with the profile's ``eval`` settings, as the results table) and scored
+  by :func:`vppkit.metrics.ytvis_ap.evaluate_video_ap` against the ground truth restricted to the processed videos
+  and frames (:func:`vppkit.data.ytvis.subset_frames`). The dense row is the results table's dense AP when every
+  frame of every held-out video is processed.
 - correlations of coverage with IoI and with AP (Spearman and Pearson, ``scipy.stats``, with p-values and n):
   pooled over every (condition, ratio) point, and within each keep ratio (the premise is about subsets of
   equal size). The premise predicts a **negative** correlation (smaller coverage distance, better quality).
@@ -42,14 +47,32 @@ import io
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
+from scipy import stats
 
 from experiments.common import Context
+from experiments.zoo import dense_analysis
+from vppkit.data.splits import resolve_split
+from vppkit.data.video import VideoFrames
+from vppkit.data.ytvis import subset_frames
+from vppkit.engine.checkpoint import load_model
+from vppkit.engine.infer import EvalSettings, infer_video
+from vppkit.metrics.coverage import covering_radius
+from vppkit.metrics.ioi import BIN_NAMES, IoIAccumulator
+from vppkit.metrics.patch_labels import DEFAULT_RULE, patch_labels
+from vppkit.metrics.ytvis_ap import evaluate_video_ap
+from vppkit.models.pruning.base import ExternalMaskPruner
+from vppkit.models.pruning.schedules import keep_count
+from vppkit.models.pruning.selection import SELECTORS, keep_mask_from_indices, spatial_coverage
+from vppkit.models.blocks import attention_stats, block_attention_probs
+from vppkit.models.vit import PrunableViT
+from vppkit.utils.io import atomic_write_bytes
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -87,8 +110,6 @@ def study_settings(cfg: dict) -> dict:
     Raises:
         ValueError: an unknown key, an unknown selector name, or keep ratios outside (0, 1].
     """
-    from vppkit.models.pruning.selection import SELECTORS
-
     given = dict(cfg.get("selectors") or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
@@ -144,11 +165,6 @@ def frame_indices(num_frames: int, stride: int, max_frames: int) -> list[int]:
     return list(range(0, num_frames, s))[:max_frames]
 
 
-def keep_count(ratio: float, num_patches: int) -> int:
-    """k = round(ratio · N), clipped to [1, N]."""
-    return int(min(num_patches, max(1, round(ratio * num_patches))))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # model pieces
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,13 +172,14 @@ def keep_count(ratio: float, num_patches: int) -> int:
 def block_features(model, images: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Dense tokens entering ``block`` and the attention each patch receives in that block.
 
-    Runs the backbone's own pieces (``embed``, timm blocks 0..block-1 dense, then
-    :func:`vppkit.models.vit.block_attention_probs` on ``block``); same values as the dense
-    ``forward(..., return_intermediates=True).intermediates[block]``.
+    The tokens are :meth:`vppkit.models.vit.PrunableViT.forward_intermediates` feature x_b (blocks 0..b-1 run
+    dense, later blocks not run); block b is then run by :func:`vppkit.models.blocks.block_attention_probs` for its
+    attention probabilities.
 
     Args:
-        model: a :class:`vppkit.models.vis.model.VISModel` (its ``normalize`` and ``backbone`` are used); the
-            backbone's pruner is ignored.
+        model: a :class:`vppkit.models.vis.model.VISModel` (its ``normalize`` and ``backbone`` are used); a backbone
+            with an :class:`~vppkit.models.pruning.base.ExternalMaskPruner` is given an all-kept schedule, any
+            other pruner runs as built (build the model with ``pruning={"method": "none"}`` for dense tokens).
         images: (B, 3, H, W) uint8 frames at the model input size.
         block: 0-based block b.
 
@@ -174,18 +191,18 @@ def block_features(model, images: torch.Tensor, block: int) -> tuple[torch.Tenso
     Raises:
         ValueError: block outside [0, depth).
     """
-    from vppkit.models.vit import attention_stats, block_attention_probs
-
     bb = model.backbone
     if not 0 <= block < bb.depth:
         raise ValueError(f"block must be in [0, {bb.depth}), got {block}")
-    x, grid = bb.embed(model.normalize(images))
-    for blk in bb.vit.blocks[:block]:
-        x = blk(x)
-    p = bb.num_prefix_tokens
-    _, attn = block_attention_probs(bb.vit.blocks[block], x)
-    _, received = attention_stats(attn, p, bb.has_cls)
-    return x[:, p:], received, tuple(grid)
+    grid = bb.grid_for(images.shape[-2], images.shape[-1])
+    state = None
+    if isinstance(bb.pruner, ExternalMaskPruner):
+        state = torch.ones(bb.depth, grid[0] * grid[1], dtype=torch.bool)
+    [(patches, prefix)] = bb.forward_intermediates(model.normalize(images), [block], state=state, stop_early=True,
+                                                   return_prefix_tokens=True, intermediates_only=True)
+    _, attn = block_attention_probs(bb.vit.blocks[block], torch.cat([prefix, patches], dim=1))
+    _, received = attention_stats(attn, bb.num_prefix_tokens, bb.has_cls)
+    return patches, received, tuple(grid)
 
 
 def select_tokens(cond: dict, tokens: torch.Tensor, k: int, grid: tuple[int, int],
@@ -203,8 +220,6 @@ def select_tokens(cond: dict, tokens: torch.Tensor, k: int, grid: tuple[int, int
     Returns:
         (B, N) bool keep mask.
     """
-    from vppkit.models.pruning.selection import SELECTORS, keep_mask_from_indices
-
     name = cond["selector"]
     fn = SELECTORS[name]
     if name == "random":
@@ -226,79 +241,19 @@ def schedule_masks(selection: torch.Tensor, block: int, depth: int) -> torch.Ten
     return masks
 
 
-def covering_radius(keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Max over patches of the distance to the nearest kept patch (patch units). keep (B, N) bool -> (B,)."""
-    from vppkit.models.pruning.selection import grid_distance
-
-    d = grid_distance(grid).unsqueeze(0).masked_fill(~keep.bool().unsqueeze(1), float("inf"))
-    return d.amin(dim=-1).amax(dim=-1)
-
-
-def subset_gt(ds: dict, videos: dict[int, list[int]]) -> dict:
-    """Ground truth restricted to some videos and frames (for AP on the subsampled frames).
-
-    Args:
-        ds: YouTube-VIS dict.
-        videos: video id -> kept frame indices.
-
-    Returns:
-        a new dict: those videos, with every per-frame list (``file_names``, ``segmentations``, ``areas``,
-        ``bboxes``) subset and ``length`` updated; annotations of other videos dropped.
-    """
-    out = {k: v for k, v in ds.items() if k not in ("videos", "annotations")}
-    out["videos"], out["annotations"] = [], []
-    for v in ds["videos"]:
-        if v["id"] in videos:
-            ts = videos[v["id"]]
-            nv = dict(v, file_names=[v["file_names"][t] for t in ts], length=len(ts))
-            out["videos"].append(nv)
-    for a in ds["annotations"]:
-        if a["video_id"] in videos:
-            ts = videos[a["video_id"]]
-            na = dict(a)
-            for key in ("segmentations", "areas", "bboxes"):
-                if isinstance(a.get(key), list):
-                    na[key] = [a[key][t] for t in ts]
-            out["annotations"].append(na)
-    return out
-
-
-@torch.no_grad()
-def predict_video(model, images: torch.Tensor, masks: torch.Tensor, vid: dict, category_ids: list[int],
-                   ecfg: dict, batch: int) -> list[dict]:
-    """YouTube-VIS results of one (subsampled) video run with a given keep schedule.
-
-    Args:
-        model: VIS model whose backbone has an :class:`~vppkit.models.pruning.base.ExternalMaskPruner`.
-        images: (T, 3, H, W) uint8 frames; masks: (T, depth, N) bool keep schedule of each frame.
-        vid: the video's dataset entry (original ``height`` / ``width`` px for the masks).
-        ecfg: ``eval`` settings (``top_k``, ``mask_threshold``, ``tracker_momentum``); tracks are scored with
-            :class:`~vppkit.models.vis.tracker.VideoTrackAccumulator`'s default ("mean").
-        batch: frames per forward (frames are independent: the external masks carry no temporal state).
-    """
-    from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
-
-    h, w = int(vid["height"]), int(vid["width"])
-    acc = VideoTrackAccumulator(vid["id"], images.shape[0], category_ids, int(ecfg.get("top_k", 10)))
-    thr, momentum = float(ecfg.get("mask_threshold", 0.0)), float(ecfg.get("tracker_momentum", 0.0))
-    track = None
-    for s in range(0, images.shape[0], batch):
-        out = model(images[s:s + batch], masks[s:s + batch], execution="gathered")
-        for j in range(out.pred_logits.shape[0]):
-            perm, track = track_step(track, out.embeds[j], momentum)
-            probs = out.pred_logits[j].float().softmax(-1)[perm]
-            logits = F.interpolate(out.pred_masks[j][perm][None].float(), size=(h, w), mode="bilinear",
-                                   align_corners=False)[0]
-            acc.add_frame(s + j, probs, logits > thr)
-    return acc.results()
-
-
 def _png_bytes(image: torch.Tensor) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image.permute(1, 2, 0).numpy().astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def pruned_dense_model(checkpoint: str | Path):
+    """The trained dense VIS model of ``checkpoint`` with its ViT under an
+    :class:`~vppkit.models.pruning.base.ExternalMaskPruner` (same weights; keep masks come in as the backbone
+    ``state``), in eval mode. Shared by this study and ``experiments/oracle.py``."""
+    model, _ = load_model(checkpoint, pruning={"method": "none"})
+    model.backbone = PrunableViT(model.backbone.vit, ExternalMaskPruner()).eval()
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,8 +266,6 @@ def correlate(x: list[float], y: list[float]) -> dict:
         dict ``n``, ``spearman_rho``, ``spearman_p``, ``pearson_r``, ``pearson_p`` (None when n < 3 or an input
         is constant, with ``note`` saying why). Source: scipy.stats.spearmanr / pearsonr (two-sided p).
     """
-    from scipy import stats
-
     pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None
              and math.isfinite(a) and math.isfinite(b)]
     out = {"n": len(pairs), "spearman_rho": None, "spearman_p": None, "pearson_r": None, "pearson_p": None,
@@ -349,130 +302,202 @@ def correlations(rows: list[dict], metrics: tuple[str, ...] = ("IoI", "AP")) -> 
 # ----------------------------------------------------------------------------------------------------------------
 # the study
 # ----------------------------------------------------------------------------------------------------------------
+DENSE = {"name": "dense", "selector": "dense", "lam": None, "seed": None, "label": "dense (no pruning)"}
+
+NOTES = [
+    "Beyond the paper's text: EVTP-IVS states that coverage correlates with segmentation performance but "
+    "its analysis is not available; this is our test of the premise on a ViT VIS model.",
+    "Selection at the input of block {block} (layer {layer}); blocks before it run dense; dropped "
+    "tokens keep their block-input value up to the decoder (no fine-tuning: the dense model's weights).",
+    "coverage = mean distance (patch units) from every patch to its nearest kept patch; lower is better, "
+    "so the premise predicts negative correlations.",
+    "IoI = recall of instance patches by the selected set (instance pooling, read at the selection block).",
+    "AP: the results table's inference loop and eval settings (vppkit.engine.infer.infer_video) on the subsampled "
+    "frames; k = floor(keep ratio x N).",
+    "Cost caveat: each frame runs a dense pass to the selection block and then the pruned pass from the "
+    "image; attention selector uses the selection block's own attention. Analysis, not an efficient "
+    "implementation.",
+    "spatial k-center with λ=0 equals DivPrune (same init) and is not repeated when DivPrune is studied.",
+]
+
+
+@dataclass
+class _Clip:
+    """The subsampled frames of one video: frame indices, (T, 3, H, W) uint8 images, patch labels per frame."""
+
+    vi: int
+    vid: dict
+    ts: list[int]
+    images: torch.Tensor
+    labels: list
+
+
+@dataclass
+class _Tally:
+    """What the study gathers: per (condition name, keep ratio) the IoI accumulator, coverage and radius per frame
+    and the YouTube-VIS results; k per keep ratio; frames used per video id; the qualitative panel; seconds."""
+
+    depth: int
+    ioi: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    radius: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    used: dict = field(default_factory=dict)
+    qualitative: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=lambda: {"features": 0.0, "selection": 0.0, "inference": 0.0,
+                                                  "ap_eval": 0.0})
+
+    def add(self, key: tuple, clip: _Clip, sel: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int]) -> None:
+        acc = self.ioi.setdefault(key, IoIAccumulator(self.depth))
+        for j, t in enumerate(clip.ts):
+            acc.update(masks[j], clip.labels[j], source=f"video {clip.vid['id']} frame {t}")
+        self.coverage.setdefault(key, []).extend(spatial_coverage(sel, grid).tolist())
+        self.radius.setdefault(key, []).extend(covering_radius(sel, grid).tolist())
+
+
+def _read_clip(frames: VideoFrames, vi: int, settings: dict, patch: int, rule) -> _Clip:
+    vid = frames.videos[vi]
+    ts = frame_indices(frames.num_frames(vi), settings["frame_stride"], settings["max_frames"])
+    images = torch.stack([frames.frame(vi, t) for t in ts])
+    labels = [patch_labels(frames.instances(vi, t)[1], patch, rule, source=f"video {vid['id']} frame {t}")
+              for t in ts]
+    return _Clip(vi, vid, ts, images, labels)
+
+
+def _clip_features(model, clip: _Clip, block: int, batch: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    feats, recv, grid = [], [], None
+    for s in range(0, len(clip.ts), batch):
+        xb, rb, grid = block_features(model, clip.images[s:s + batch], block)
+        feats.append(xb)
+        recv.append(rb)
+    return torch.cat(feats), torch.cat(recv), grid
+
+
+def _keep_qualitative(qualitative: dict, ctx: Context, clip: _Clip, cond: dict, ratio: float, k: int,
+                      sel: torch.Tensor) -> None:
+    """Kept indices of the clip's middle frame per condition (first video, the qualitative keep ratio)."""
+    j = len(clip.ts) // 2
+    qualitative.setdefault("kept", {})[cond["name"]] = sel[j].nonzero().squeeze(1).tolist()
+    qualitative.setdefault("labels", {})[cond["name"]] = cond["label"]
+    if "image" not in qualitative:
+        path = ctx.results_dir / "selectors_qualitative.png"
+        atomic_write_bytes(path, _png_bytes(clip.images[j]))
+        qualitative.update(image=str(path.relative_to(ctx.results_dir)), video_id=clip.vid["id"],
+                           frame_index=clip.ts[j], keep_ratio=ratio, k=k)
+
+
+def _row(cond: dict, ratio: float, k: int, tally: _Tally, block: int) -> dict:
+    key = (cond["name"], ratio)
+    acc = tally.ioi[key]
+    return {"condition": cond["name"], "selector": cond["selector"], "label": cond["label"], "lam": cond["lam"],
+            "seed": cond["seed"], "keep_ratio": ratio, "k": k,
+            "coverage": float(np.mean(tally.coverage[key])), "coverage_std": float(np.std(tally.coverage[key])),
+            "radius": float(np.mean(tally.radius[key])),
+            "IoI": acc.ioi(None, blocks=[block]),
+            **{f"IoI_{b}": acc.ioi(b, blocks=[block]) for b in BIN_NAMES},
+            "n": acc.count(), **{f"n_{b}": acc.count(b) for b in BIN_NAMES},
+            "IoI_blockavg": acc.ioi(None),
+            "fg_share_of_kept": float(acc.fg_bg()["fg_share_of_kept"][block])}
+
+
+def _ap_fields(gt: dict, results: list[dict]) -> dict:
+    ap = evaluate_video_ap(gt, results)
+    return {m: (None if v is None or v < 0 else float(v)) for m, v in ap.items()}
+
+
+def _run_clip(ctx: Context, model, frames: VideoFrames, clip: _Clip, todo: list, settings: dict,
+              evs: EvalSettings, gens: dict, qual_ratio: float, tally: _Tally) -> tuple[int, int]:
+    """One video: dense tokens entering the selection block, then per (condition, keep ratio) the selection, its
+    keep schedule, IoI / coverage / radius and (``settings["ap"]``) the pruned model's results. Returns the grid."""
+    block, timing = settings["block"], tally.timing
+    t0 = time.perf_counter()
+    xb, rb, grid = _clip_features(model, clip, block, settings["batch"])
+    timing["features"] += time.perf_counter() - t0
+    n = xb.shape[1]
+    for cond, ratio in todo:
+        key = (cond["name"], ratio)
+        k = tally.counts.setdefault(ratio, keep_count(n, ratio))
+        t0 = time.perf_counter()
+        if cond["selector"] == "dense":
+            sel = torch.ones(len(clip.ts), n, dtype=torch.bool)
+        else:
+            sel = select_tokens(cond, xb, k, grid, attention=rb, generator=gens.get(cond["name"]))
+        timing["selection"] += time.perf_counter() - t0
+        masks = schedule_masks(sel, block, tally.depth)
+        tally.add(key, clip, sel, masks, grid)
+        if clip.vi == 0 and ratio == qual_ratio and cond["seed"] in (None, settings["seeds"][0]):
+            _keep_qualitative(tally.qualitative, ctx, clip, cond, ratio, k, sel)
+        if settings["ap"]:
+            t0 = time.perf_counter()
+            res, _ = infer_video(model, frames, clip.vi, evs, keep_masks=masks, frame_indices=clip.ts,
+                                 batch=settings["batch"], images=clip.images)
+            tally.results.setdefault(key, []).extend(res)
+            timing["inference"] += time.perf_counter() - t0
+    return grid
+
+
+def _rows(frames: VideoFrames, todo: list, settings: dict, tally: _Tally, block: int) -> list[dict]:
+    """One row per (condition, keep ratio), with the video AP against the ground truth of the processed frames."""
+    gt = subset_frames(frames.ds, tally.used) if settings["ap"] else None
+    rows = []
+    for cond, ratio in todo:
+        row = _row(cond, ratio, tally.counts[ratio], tally, block)
+        if settings["ap"]:
+            t0 = time.perf_counter()
+            row.update(_ap_fields(gt, tally.results[(cond["name"], ratio)]))
+            tally.timing["ap_eval"] += time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
 def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
     """Run the study with the trained dense VIS model ``checkpoint`` (see the module docstring).
+
+    Steps per held-out video: read the subsampled clip and its patch labels; the dense tokens entering the
+    selection block (:func:`block_features`); for the dense reference and every (condition, keep ratio): the
+    selection, its keep schedule, IoI / coverage / radius, and (``settings["ap"]``) the pruned model's results by
+    :func:`vppkit.engine.infer.infer_video`. Then one row per (condition, keep ratio) with the video AP against the
+    ground truth of the processed frames, and the correlations.
 
     Returns:
         JSON-serialisable dict: ``settings``, ``profile``, ``data`` (source, videos, frames, grid, N),
         ``block``, ``layer``, ``rows`` (one per condition x keep ratio + the dense reference),
         ``correlations``, ``qualitative`` (frame png path relative to the results folder, grid, kept indices
         per condition), ``timing`` (seconds), ``notes``.
-    """
-    from vppkit.data.splits import resolve_split
-    from vppkit.data.video import VideoFrames
-    from vppkit.engine.train import load_model
-    from vppkit.metrics.ioi import BIN_NAMES, IoIAccumulator
-    from vppkit.metrics.patch_labels import patch_labels
-    from vppkit.metrics.ytvis_ap import evaluate_video_ap
-    from vppkit.models.pruning.base import ExternalMaskPruner
-    from vppkit.models.pruning.selection import spatial_coverage
-    from vppkit.models.vit import PrunableViT
-    from vppkit.utils.io import atomic_write_bytes
 
+    Raises:
+        ValueError: ``settings["block"]`` outside [0, depth); a keep ratio that keeps no token of the grid.
+    """
     cfg = ctx.cfg
     ecfg = cfg.get("eval", {})
-    rule = ecfg.get("patch_rule", "half")
-    model, _ = load_model(checkpoint, pruning={"method": "none"})
-    dense_backbone = model.backbone
-    depth, block = dense_backbone.depth, settings["block"]
+    rule = ecfg.get("patch_rule", DEFAULT_RULE)
+    evs = EvalSettings.from_config(ecfg)
+    model = pruned_dense_model(checkpoint)
+    depth, block = model.backbone.depth, settings["block"]
     if not 0 <= block < depth:
         raise ValueError(f"selectors.block must be in [0, {depth}), got {block}")
-    # the pruned model: the same trained ViT weights under an ExternalMaskPruner; masks come in as `state`
-    model.backbone = PrunableViT(dense_backbone.vit, ExternalMaskPruner()).eval()
-    patch = int(dense_backbone.patch_size[0])
+    patch = int(model.backbone.patch_size[0])
 
     js, fr = resolve_split(cfg["data"], settings["split"])
     frames = VideoFrames(js, fr, cfg["model"]["img_size"], cache=False)
     nvid = min(len(frames), settings["max_videos"])
-    conds = conditions(settings)
-    ratios = settings["keep_ratios"]
+    conds, ratios = conditions(settings), settings["keep_ratios"]
     qual_ratio = min(ratios, key=lambda r: abs(r - settings["qualitative_ratio"]))
+    todo = [(DENSE, 1.0)] + [(c, r) for r in ratios for c in conds]
     log.info("selectors: %d conditions x %d keep ratios at block %d on %d videos of %s", len(conds), len(ratios),
              block, nvid, js)
 
-    timing = {"features": 0.0, "selection": 0.0, "inference": 0.0, "ap_eval": 0.0}
-    accs: dict[tuple, IoIAccumulator] = {}
-    cov: dict[tuple, list[float]] = {}
-    rad: dict[tuple, list[float]] = {}
-    results: dict[tuple, list[dict]] = {}
+    tally = _Tally(depth)
     gens = {c["name"]: torch.Generator().manual_seed(int(c["seed"])) for c in conds if c["seed"] is not None}
-    used: dict[int, list[int]] = {}
-    qualitative: dict[str, Any] = {}
     grid = None
-    n_frames = 0
     for vi in range(nvid):
-        vid = frames.videos[vi]
-        ts = frame_indices(frames.num_frames(vi), settings["frame_stride"], settings["max_frames"])
-        used[vid["id"]] = ts
-        n_frames += len(ts)
-        images = torch.stack([frames.frame(vi, t) for t in ts])
-        labels = [patch_labels(frames.instances(vi, t)[1], patch, rule, source=f"video {vid['id']} frame {t}")
-                  for t in ts]
-        t0 = time.perf_counter()
-        feats, recv = [], []
-        for s in range(0, len(ts), settings["batch"]):
-            xb, rb, grid = block_features(model, images[s:s + settings["batch"]], block)
-            feats.append(xb)
-            recv.append(rb)
-        xb, rb = torch.cat(feats), torch.cat(recv)
-        timing["features"] += time.perf_counter() - t0
-        n = xb.shape[1]
-        todo = [({"name": "dense", "selector": "dense", "lam": None, "seed": None, "label": "dense (no pruning)"},
-                 1.0)] + [(c, r) for r in ratios for c in conds]
-        for cond, ratio in todo:
-            key = (cond["name"], ratio)
-            k = keep_count(ratio, n)
-            t0 = time.perf_counter()
-            if cond["selector"] == "dense":
-                sel = torch.ones(len(ts), n, dtype=torch.bool)
-            else:
-                sel = select_tokens(cond, xb, k, grid, attention=rb, generator=gens.get(cond["name"]))
-            timing["selection"] += time.perf_counter() - t0
-            masks = schedule_masks(sel, block, depth)
-            acc = accs.setdefault(key, IoIAccumulator(depth))
-            for j, t in enumerate(ts):
-                acc.update(masks[j], labels[j], source=f"video {vid['id']} frame {t}")
-            cov.setdefault(key, []).extend(spatial_coverage(sel, grid).tolist())
-            rad.setdefault(key, []).extend(covering_radius(sel, grid).tolist())
-            if vi == 0 and ratio == qual_ratio and cond["seed"] in (None, settings["seeds"][0]):
-                j = len(ts) // 2
-                qualitative.setdefault("kept", {})[cond["name"]] = sel[j].nonzero().squeeze(1).tolist()
-                qualitative.setdefault("labels", {})[cond["name"]] = cond["label"]
-                if "image" not in qualitative:
-                    path = ctx.results_dir / "selectors_qualitative.png"
-                    atomic_write_bytes(path, _png_bytes(images[j]))
-                    qualitative.update(image=str(path.relative_to(ctx.results_dir)), video_id=vid["id"],
-                                       frame_index=ts[j], keep_ratio=ratio, k=k)
-            if settings["ap"]:
-                t0 = time.perf_counter()
-                results.setdefault(key, []).extend(
-                    predict_video(model, images, masks, vid, frames.category_ids, ecfg, settings["batch"]))
-                timing["inference"] += time.perf_counter() - t0
-
-    gt = subset_gt(frames.ds, used) if settings["ap"] else None
-    rows = []
-    all_conds = [({"name": "dense", "selector": "dense", "lam": None, "seed": None, "label": "dense (no pruning)"},
-                  1.0)] + [(c, r) for r in ratios for c in conds]
-    for cond, ratio in all_conds:
-        key = (cond["name"], ratio)
-        acc = accs[key]
-        row = {"condition": cond["name"], "selector": cond["selector"], "label": cond["label"], "lam": cond["lam"],
-               "seed": cond["seed"], "keep_ratio": ratio, "k": keep_count(ratio, grid[0] * grid[1]),
-               "coverage": float(np.mean(cov[key])), "coverage_std": float(np.std(cov[key])),
-               "radius": float(np.mean(rad[key])),
-               "IoI": acc.ioi(None, blocks=[block]),
-               **{f"IoI_{b}": acc.ioi(b, blocks=[block]) for b in BIN_NAMES},
-               "n": acc.count(), **{f"n_{b}": acc.count(b) for b in BIN_NAMES},
-               "IoI_blockavg": acc.ioi(None),
-               "fg_share_of_kept": float(acc.fg_bg()["fg_share_of_kept"][block])}
-        if settings["ap"]:
-            t0 = time.perf_counter()
-            ap = evaluate_video_ap(gt, results[key])
-            timing["ap_eval"] += time.perf_counter() - t0
-            row.update({m: (None if v is None or v < 0 else float(v)) for m, v in ap.items()})
-        rows.append(row)
-    metrics = ("IoI", "AP") if settings["ap"] else ("IoI",)
-    qualitative["grid"] = list(grid)
+        clip = _read_clip(frames, vi, settings, patch, rule)
+        tally.used[clip.vid["id"]] = clip.ts
+        grid = _run_clip(ctx, model, frames, clip, todo, settings, evs, gens, qual_ratio, tally)
+    rows = _rows(frames, todo, settings, tally, block)
+    tally.qualitative["grid"] = list(grid)
+    used = tally.used
     return {
         "profile": ctx.profile,
         "settings": settings,
@@ -480,28 +505,17 @@ def compute_study(ctx: Context, checkpoint: Path, settings: dict) -> dict:
         "layer": block + 1,
         "depth": depth,
         "data": {"source": cfg["data"].get("source", "synthetic"), "split": settings["split"],
-                 "gt_json": str(js), "videos": nvid, "frames": n_frames, "frames_per_video":
-                 {str(k): v for k, v in used.items()}, "grid": list(grid), "num_patches": grid[0] * grid[1],
-                 "img_size": list(cfg["model"]["img_size"]), "arch": cfg["model"]["arch"], "patch_rule": rule},
+                 "gt_json": str(js), "videos": nvid, "frames": sum(len(v) for v in used.values()),
+                 "frames_per_video": {str(k): v for k, v in used.items()}, "grid": list(grid),
+                 "num_patches": grid[0] * grid[1], "img_size": list(cfg["model"]["img_size"]),
+                 "arch": cfg["model"]["arch"], "patch_rule": rule},
         "checkpoint": str(checkpoint),
         "conditions": conds,
         "rows": rows,
-        "correlations": correlations(rows, metrics),
-        "qualitative": qualitative,
-        "timing": {k: round(v, 2) for k, v in timing.items()},
-        "notes": [
-            "Beyond the paper's text: EVTP-IVS states that coverage correlates with segmentation performance but "
-            "its analysis is not available; this is our test of the premise on a ViT VIS model.",
-            f"Selection at the input of block {block} (layer {block + 1}); blocks before it run dense; dropped "
-            "tokens keep their block-input value up to the decoder (no fine-tuning: the dense model's weights).",
-            "coverage = mean distance (patch units) from every patch to its nearest kept patch; lower is better, "
-            "so the premise predicts negative correlations.",
-            "IoI = recall of instance patches by the selected set (instance pooling, read at the selection block).",
-            "Cost caveat: each frame runs a dense pass to the selection block and then the pruned pass from the "
-            "image; attention selector uses the selection block's own attention. Analysis, not an efficient "
-            "implementation.",
-            "spatial k-center with λ=0 equals DivPrune (same init) and is not repeated when DivPrune is studied.",
-        ],
+        "correlations": correlations(rows, ("IoI", "AP") if settings["ap"] else ("IoI",)),
+        "qualitative": tally.qualitative,
+        "timing": {k: round(v, 2) for k, v in tally.timing.items()},
+        "notes": [n.format(block=block, layer=block + 1) for n in NOTES],
     }
 
 
@@ -516,8 +530,8 @@ def run(ctx: Context, checkpoint: str | Path | None = None) -> dict:
     Returns:
         the saved result (see :func:`compute_study`), stamped by ``ctx.cached("selectors", ...)``.
     """
-    from experiments.zoo import dense_analysis
-
     settings = study_settings(ctx.cfg)
     checkpoint, config = dense_analysis(ctx, "selectors", settings, checkpoint)
+    # results made before the study used engine.infer.infer_video and the floor keep count are not reused
+    config["inference"] = "vppkit.engine.infer.infer_video; k = floor(r N)"
     return ctx.cached("selectors", config, lambda: compute_study(ctx, checkpoint, settings))

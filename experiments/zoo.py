@@ -4,7 +4,7 @@ A profile trains ONE dense VIS model and fine-tunes one sparse model per *varian
 plus the κ_init ablation) from it. Each model is evaluated once on the held-out split; the evaluation
 stores everything the artifacts need (video AP, mAP_bbox/mAP_segm, realised PKR split by first/later
 frames, per-block patch density, IoI by object size, the per-frame keep records). The artifacts
-(``results_table``, ``ioi``, ``density``, ``kappa_ablation``, ``ap_vs_pkr``, ``qualitative``) only select
+(``results``, ``ioi``, ``density``, ``kappa``, ``curves``, ``qualitative``) only select
 and render from these evaluations, so `make ioi` after `make results` trains and evaluates nothing new.
 
 Reuse: a checkpoint is reused when its run folder (named by :func:`vppkit.engine.train.run_key`: the training

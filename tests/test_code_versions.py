@@ -132,7 +132,7 @@ def test_cached_recomputes_a_result_saved_without_code_version(tmp_path):
     cfg = {"a": 1}
     atomic_write_json(ctx.result_path("evtp"), {"value": "old", "config": cfg, "config_hash": config_hash(cfg)})
     out = ctx.cached("evtp", cfg, lambda: {"value": "new"})
-    assert out["value"] == "new" and out["code"] == ["experiments.evtp_flops", "vppkit.flops"]
+    assert out["value"] == "new" and out["code"] == ["experiments.evtp", "vppkit.flops"]
 
 
 def test_cached_uses_the_result_code_table(tmp_pkgs, monkeypatch):
@@ -215,7 +215,7 @@ def test_index_flags_results_from_another_commit_or_changed_code(tmp_path):
     ctx = Context(profile="smoke", cfg=load_config("smoke"), results_dir=tmp_path / "results" / "smoke",
                   reports_dir=tmp_path / "reports" / "smoke")
     clean_head = head.split("+")[0]
-    stamp = code_stamp(("experiments.evtp_flops", "vppkit.flops"))
+    stamp = code_stamp(("experiments.evtp", "vppkit.flops"))
     manifest = {
         "evtp": {"entries": [], "provenance": {"commit": clean_head[:7], "time_utc": "t0"}, **stamp},
         "fgs": {"entries": [], "provenance": {"commit": "0000000", "time_utc": "t1"}, **stamp},

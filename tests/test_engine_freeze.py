@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vppkit.config import load_config
-from vppkit.engine.train import load_model, train
+from vppkit.engine.checkpoint import load_model
+from vppkit.engine.train import train
 from vppkit.models.vis.model import build_vis_model
 
 TINY = ["data.num_videos=2", "data.num_val_videos=1", "data.num_frames=4", "data.height=64", "data.width=64",
@@ -107,7 +108,7 @@ def test_missing_imgfocus_falls_back_and_records_reason(cache, monkeypatch):
 
 
 def test_imgfocus_pretrained_backbone_loads(cache):
-    from vppkit.metrics.fgs_frames import imgfocus_available
+    from vppkit.models.backbones import imgfocus_available
 
     ok, why = imgfocus_available()
     if not ok:

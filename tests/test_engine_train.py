@@ -12,7 +12,8 @@ from vppkit.config import load_config
 from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
 from vppkit.engine.infer import infer_checkpoint, load_keep_records
-from vppkit.engine.train import load_model, train
+from vppkit.engine.checkpoint import load_model
+from vppkit.engine.train import train
 from vppkit.metrics.ytvis_ap import evaluate_video_ap
 
 TINY = ["data.num_videos=2", "data.num_val_videos=1", "data.num_frames=4", "data.height=64", "data.width=64",

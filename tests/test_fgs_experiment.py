@@ -11,7 +11,9 @@ import torch
 from experiments import fgs as fgs_exp
 from experiments.common import Context
 from vppkit.config import load_config
-from vppkit.metrics.fgs_frames import imgfocus_available, rebatch, select_frames
+from vppkit.engine.features import select_frames
+from vppkit.metrics.fgs import rebatch
+from vppkit.models.backbones import imgfocus_available
 
 FAST = ["fgs.bootstrap=50", "fgs.max_frames=8", "fgs.frame_stride=1"]
 
@@ -115,9 +117,9 @@ def test_smoke_pretrained_imgfocus(tmp_path, cache):
     assert result["order"] == ["random", "imgfocus"]
     bb = result["backbones"]["imgfocus"]
     _check_backbone(bb)
-    assert bb["patch_size"] == 14 and bb["grid"] == [6, 6] and "NOT self-supervised" in bb["meta"]["caveat"]
+    assert bb["patch_size"] == 14 and bb["grid"] == [6, 6] and bb["meta"]["kind"] == "imgfocus"
     cap = fgs_an.table(ctx, result)[0].caption
-    assert "possibly saliency-supervised" in cap
+    assert "possibly saliency-supervised" in cap and "NOT self-supervised" in cap
 
 
 def test_imgfocus_missing_is_skipped_with_reason(tmp_path, cache, monkeypatch):

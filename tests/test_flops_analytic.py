@@ -10,14 +10,10 @@ from vppkit.flops.analytic import (
     block_macs,
     dense_schedule,
     dynamicvit_predictor_macs,
-    evit_schedule,
     get_spec,
     method_schedule,
     patch_embed_macs,
     ratio_schedule,
-    stage_schedule,
-    tome_schedule,
-    vpp_schedule,
 )
 
 
@@ -52,12 +48,19 @@ def test_published_pruned_deit_small():
     spec = get_spec("deit_small")
     # DynamicViT-DeiT-S/0.7: 2.9 GFLOPs published (Rao et al. 2021). Our backbone count matches; the three
     # predictors add ~0.10 G on kept tokens (0.14 G on all N as vppkit runs them), reported separately.
-    dyn = stage_schedule(196, 0.7)
+    dyn = method_schedule("dynamicvit", spec, (14, 14), rho=0.7)[0]
     assert [int(a) for a in dyn.attn] == [196] * 3 + [137] * 3 + [96] * 3 + [67] * 3
     assert round(backbone_macs(spec, dyn, include_head=True).gmacs, 1) == 2.9
-    # EViT-DeiT-S/0.7 ~3.0 G, ToMe DeiT-S r=13 2.7 G (anchors.md §3-4)
-    assert round(backbone_macs(spec, evit_schedule(196, 0.7), include_head=True).gmacs, 1) == 3.0
-    assert round(backbone_macs(spec, tome_schedule(196, 13), include_head=True).gmacs, 1) == 2.7
+    # EViT-DeiT-S/0.7 ~3.0 G (official: fused token, pruning inside blocks 3/6/9), ToMe DeiT-S r=13 2.7 G
+    # (anchors.md §3-4)
+    evit = method_schedule("evit", spec, (14, 14), keep=0.7)[0]
+    # ceil(.7 * 196) = 138 (+ fused = 139), ceil(.7 * 139) = 98 (+ 1 = 99), ceil(.7 * 99) = 70 (+ 1 = 71)
+    assert list(evit.attn) == [196] * 4 + [139] * 3 + [99] * 3 + [71] * 2
+    assert list(evit.mlp) == [196] * 3 + [139] * 3 + [99] * 3 + [71] * 3
+    assert round(backbone_macs(spec, evit, include_head=True).gmacs, 1) == 3.0
+    tome = method_schedule("tome", spec, (14, 14), tome_r=13)[0]
+    assert list(tome.attn)[:3] == [196, 183, 170] and list(tome.mlp)[:3] == [183, 170, 157]
+    assert round(backbone_macs(spec, tome, include_head=True).gmacs, 1) == 2.7
 
 
 def test_overhead_reported_separately():
@@ -79,12 +82,14 @@ def test_dynamicvit_predictor_formula_matches_module():
 
 def test_vpp_schedule_pkr_and_method_schedules():
     """vpp-notes §11.1: 0.55PKR config (m=0.7, rho=0.8) -> 54.16 %, 0.4PKR (m=0.6, rho=0.7) -> 41.33 %."""
-    assert vpp_schedule(100, 0.7, 0.8).pkr == pytest.approx(0.5416, abs=1e-4)
-    assert vpp_schedule(100, 0.6, 0.7).pkr == pytest.approx(0.41328, abs=1e-4)
-    from vppkit.models.pruning.schedules import VPPSchedule
-
-    assert list(vpp_schedule(1, 0.7, 0.8).keep_fractions) == pytest.approx(VPPSchedule(0.7, 0.8).block_keep_fractions())
     spec = get_spec("deit_tiny")
+    # N = 10 x 10 = 100: N m is an integer, so the nominal PKR is the closed form's
+    assert method_schedule("vpp", spec, (10, 10))[0].pkr == pytest.approx(0.5416, abs=1e-4)
+    assert method_schedule("vpp", spec, (10, 10), keep=0.6, rho=0.7)[0].pkr == pytest.approx(0.41328, abs=1e-4)
+    # N = 14 x 14 = 196: Map-SM keeps floor(196 * 0.7) = 137 (not 137.2), SMs target 196 * 0.7 * 0.8^i
+    vpp = method_schedule("vpp", spec, (14, 14))[0]
+    assert list(vpp.attn[:3]) == [196, 137, 137]
+    assert list(vpp.attn[3:]) == pytest.approx([109.76] * 3 + [87.808] * 3 + [70.2464] * 3)
     for m in ("dense", "vpp", "svit", "dynamicvit", "evit", "tome"):
         sched, over, _ = method_schedule(m, spec, (14, 14))
         assert sched.depth == 12 and over >= 0

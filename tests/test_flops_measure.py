@@ -6,15 +6,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from vppkit.flops.analytic import (
-    ViTSpec,
-    backbone_macs,
-    block_macs,
-    dense_schedule,
-    evit_schedule,
-    stage_schedule,
-    tome_schedule,
-)
+from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, counts_schedule, dense_schedule
 from vppkit.flops.measure import (
     block_ratios_from_records,
     count_macs,
@@ -24,6 +16,9 @@ from vppkit.flops.measure import (
     measure_video_macs,
     unfused_attention,
 )
+from vppkit.models.pruning.dynamicvit import DynamicViTPruner
+from vppkit.models.pruning.evit import evit_counts
+from vppkit.models.pruning.tome import ToMePruner
 
 
 def _vit(dim=192, heads=3, img=64):
@@ -60,8 +55,11 @@ def test_fused_attention_hidden_unless_disabled():
     assert blk.attn.fused_attn is True
 
 
-@pytest.mark.parametrize("make", [lambda n: dense_schedule(n), lambda n: stage_schedule(n, 0.7),
-                                  lambda n: evit_schedule(n, 0.7), lambda n: tome_schedule(n, 3)])
+@pytest.mark.parametrize("make", [
+    lambda n: dense_schedule(n),
+    lambda n: counts_schedule(DynamicViTPruner(48, rho=0.7).nominal_counts(n, 12)),
+    lambda n: counts_schedule(evit_counts(n, 12, {3: 0.7, 6: 0.7, 9: 0.7}, fused_token=True, inside_block=True)),
+    lambda n: counts_schedule(ToMePruner(3).nominal_counts(n, 12))])
 def test_schedules_counters_agree_with_analytic(make):
     vit = _vit()
     spec = ViTSpec.from_timm(vit)

@@ -14,6 +14,10 @@ import torch
 from experiments import selectors as study
 from experiments.common import Context
 from vppkit.config import load_config
+from vppkit.data.ytvis import subset_frames
+from vppkit.engine.checkpoint import load_model
+from vppkit.engine.train import train
+from vppkit.metrics.coverage import covering_radius
 
 OVERRIDES = ["selectors.keep_ratios=[0.1,0.3,0.5]", "selectors.lambdas=[0,0.5,2]", "selectors.seeds=[0,1]",
              "selectors.max_videos=2", "selectors.max_frames=4", "selectors.block=3"]
@@ -22,8 +26,6 @@ OVERRIDES = ["selectors.keep_ratios=[0.1,0.3,0.5]", "selectors.lambdas=[0,0.5,2]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Train the smoke dense model once (20 steps) and run the study on it."""
-    from vppkit.engine.train import train
-
     tmp = tmp_path_factory.mktemp("selectors")
     mp = pytest.MonkeyPatch()
     mp.setenv("VPPKIT_CACHE", str(tmp / "cache"))
@@ -52,9 +54,10 @@ def test_structure_and_settings(smoke):
     assert {"random_s0", "random_s1", "uniform", "attention", "kcenter", "divprune",
             "spatial_kcenter_l0.5", "spatial_kcenter_l2"} == names
     assert len(_rows(result)) == len(names) * 3
-    n = result["data"]["num_patches"]
+    assert result["data"]["num_patches"] == 36  # smoke: 96x96 px, patch 16
+    k = {0.1: 3, 0.3: 10, 0.5: 18, 1.0: 36}  # floor(r * 36), the pruners' count rule
     for r in result["rows"]:
-        assert r["k"] == study.keep_count(r["keep_ratio"], n)
+        assert r["k"] == k[r["keep_ratio"]]
         for key in ("coverage", "radius", "IoI", "AP", "AP50"):
             assert key in r
         assert all(f"IoI_{b}" in r for b in "SML")
@@ -98,26 +101,29 @@ def test_correlation_fields(smoke):
     assert pooled["n"] == len(_rows(result))
     for key in ("spearman_rho", "spearman_p", "pearson_r", "pearson_p"):
         assert pooled[key] is not None and math.isfinite(pooled[key])
-    assert -1 <= pooled["spearman_rho"] <= 1 and 0 <= pooled["pearson_p"] <= 1
     per_ratio = [c for c in corr if c["metric"] == "IoI" and c["x"] == "coverage" and c["keep_ratio"] is not None]
     assert len(per_ratio) == 3 and all(c["n"] == len(result["conditions"]) for c in per_ratio)
 
 
-def test_correlate_matches_scipy_and_handles_degenerate():
-    from scipy import stats
-
-    x, y = [0.1, 0.5, 0.2, 0.9, 0.7], [3.0, 1.0, 2.5, 0.2, 0.1]
-    c = study.correlate(x, y)
-    assert c["n"] == 5 and c["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert c["pearson_r"] < 0
+def test_correlate_known_answers_and_degenerate_inputs():
+    # ranks 1..5 against 2,1,4,3,5: d = -1,1,-1,1,0, so rho = 1 - 6*4/(5*24) = 0.8; both inputs are ranks, so
+    # Pearson's r is 0.8 too. Two-sided p of t = r sqrt(3 / (1 - r^2)) with 3 df, closed form of the t(3) CDF:
+    # p = 1 - (2/pi) (u / (1 + u^2) + atan u), u = t / sqrt 3 = 4/3.
+    c = study.correlate([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])
+    u = 4 / 3
+    p = 1 - 2 / math.pi * (u / (1 + u * u) + math.atan(u))
+    assert c["n"] == 5
+    assert c["spearman_rho"] == pytest.approx(0.8) and c["pearson_r"] == pytest.approx(0.8)
+    assert c["spearman_p"] == pytest.approx(p, rel=1e-6) and c["pearson_p"] == pytest.approx(p, rel=1e-6)
+    # a strictly decreasing but non-linear relation: Spearman exactly -1, Pearson above -1
+    d = study.correlate([1, 2, 3, 4], [8, 4, 2, 1])
+    assert d["spearman_rho"] == pytest.approx(-1.0) and -1.0 < d["pearson_r"] < -0.9
     assert study.correlate([1, 2], [3, 4])["spearman_rho"] is None
     assert study.correlate([1, 1, 1], [1, 2, 3])["note"] == "constant input"
     assert study.correlate([1, None, 2, 3], [1, 2, None, 3])["n"] == 2
 
 
 def test_block_features_match_backbone_intermediates(smoke):
-    from vppkit.engine.train import load_model
-
     _, _, ck = smoke
     model, _ = load_model(ck, pruning={"method": "none"})
     images = torch.randint(0, 255, (2, 3, 96, 96), dtype=torch.uint8)
@@ -136,13 +142,41 @@ def test_schedule_and_frames_helpers():
     assert m.shape == (1, 4, 4) and bool(m[0, :2].all()) and torch.equal(m[0, 2], sel[0])
     assert study.frame_indices(16, 2, 8) == [0, 2, 4, 6, 8, 10, 12, 14]
     assert study.frame_indices(40, 2, 8) == [0, 5, 10, 15, 20, 25, 30, 35]
-    assert study.keep_count(0.05, 36) == 2 and study.keep_count(0.001, 36) == 1
     with pytest.raises(ValueError, match="unknown setting"):
         study.study_settings({"selectors": {"blok": 3}})
     with pytest.raises(ValueError, match="unknown selector"):
         study.study_settings({"selectors": {"selectors": ["nope"]}})
-    # covering radius: keeping one corner of a 1x3 grid leaves the far end 2 patches away
-    assert float(study.covering_radius(torch.tensor([[True, False, False]]), (1, 3))[0]) == 2.0
+
+
+def test_covering_radius_by_hand():
+    # 1x3 grid, one end kept: the other end is 2 patches away
+    assert covering_radius(torch.tensor([[True, False, False]]), (1, 3)).tolist() == [2.0]
+    # 3x3 grid, centre kept: the corners are sqrt(2) away; corner (0, 0) kept: corner (2, 2) is 2 sqrt(2) away
+    centre = torch.zeros(9, dtype=torch.bool)
+    centre[4] = True
+    corner = torch.zeros(9, dtype=torch.bool)
+    corner[0] = True
+    assert covering_radius(torch.stack([centre, corner]), (3, 3)).tolist() == pytest.approx([2 ** 0.5, 8 ** 0.5])
+    # 2x3 grid, opposite corners kept: every other patch has a kept neighbour 1 away
+    assert covering_radius(torch.tensor([True, False, False, False, False, True]), (2, 3)).tolist() == [1.0]
+    assert covering_radius(torch.ones(1, 4, dtype=torch.bool), (2, 2)).tolist() == [0.0]
+    with pytest.raises(ValueError, match="keep no patch"):
+        covering_radius(torch.zeros(1, 4, dtype=torch.bool), (2, 2))
+
+
+def test_subset_frames_keeps_the_listed_frames_of_the_listed_videos():
+    ds = {"info": {"x": 1}, "categories": [{"id": 1, "name": "a"}],
+          "videos": [{"id": 1, "file_names": ["a0", "a1", "a2"], "length": 3, "height": 4, "width": 4},
+                     {"id": 2, "file_names": ["b0", "b1"], "length": 2, "height": 4, "width": 4}],
+          "annotations": [{"id": 10, "video_id": 1, "category_id": 1, "segmentations": ["s0", None, "s2"],
+                           "areas": [5, None, 7], "bboxes": [[0], None, [2]]},
+                          {"id": 11, "video_id": 2, "category_id": 1, "segmentations": ["t0", "t1"]}]}
+    out = subset_frames(ds, {1: [0, 2]})
+    assert out["info"] == {"x": 1} and out["categories"] == ds["categories"]
+    assert out["videos"] == [{"id": 1, "file_names": ["a0", "a2"], "length": 2, "height": 4, "width": 4}]
+    assert out["annotations"] == [{"id": 10, "video_id": 1, "category_id": 1, "segmentations": ["s0", "s2"],
+                                   "areas": [5, 7], "bboxes": [[0], [2]]}]
+    assert ds["videos"][0]["length"] == 3  # input left alone
 
 
 def test_renderers_write_tables_and_figures(smoke):

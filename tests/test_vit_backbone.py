@@ -7,8 +7,9 @@ import timm
 import torch
 
 from vppkit.models.pruning.base import ExternalMaskPruner
-from vppkit.models.vit import (ARCHS, PrunableViT, build_backbone, run_block_gathered, run_block_masked,
-                               tokens_to_map)
+from vppkit.models.blocks import run_block_gathered, run_block_masked
+from vppkit.models.records import tokens_to_map
+from vppkit.models.vit import ARCHS, PrunableViT, build_backbone
 
 torch.set_num_threads(1)
 
@@ -215,3 +216,77 @@ def test_forward_does_not_change_module_state():
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     for n, mod in m.named_modules():
         assert vars(mod).keys() == attrs[n].keys()
+
+
+def _count_block_calls(bb):
+    calls = []
+    for i, blk in enumerate(bb.vit.blocks):
+        blk.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+    return calls
+
+
+def test_forward_intermediates_equal_forward_intermediates():
+    bb = build_backbone("vit_nano", img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = bb(x, return_intermediates=True)
+        out, feats = bb.forward_intermediates(x)
+        last3 = bb.forward_intermediates(x, 3, intermediates_only=True)
+        picked = bb.forward_intermediates(x, [5, 0], return_prefix_tokens=True, norm=True, intermediates_only=True)
+    assert len(feats) == 13
+    for a, b in zip(feats, ref.intermediates):
+        assert torch.equal(a, b)
+    assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.keep.masks, ref.keep.masks)
+    assert [torch.equal(a, b) for a, b in zip(last3, ref.intermediates[10:])] == [True] * 3
+    # ascending order; x_12 normed is the final output
+    (p0, c0), (p5, c5) = picked
+    assert c0.shape == (2, 1, 48) and torch.allclose(p5, bb.vit.norm(ref.intermediates[5]), atol=1e-6)
+    final = bb.forward_intermediates(x, [12], norm=True, return_prefix_tokens=True, intermediates_only=True)[0]
+    with torch.no_grad():
+        assert torch.equal(final[0], ref.tokens) and torch.equal(final[1], ref.prefix)
+
+
+def test_forward_intermediates_stop_early_runs_only_the_blocks_needed():
+    bb = build_backbone("vit_nano", img_size=64).eval()
+    calls = _count_block_calls(bb)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = bb(x, return_intermediates=True)
+        calls.clear()
+        out, [x3] = bb.forward_intermediates(x, [3], stop_early=True)
+    assert calls == [0, 1, 2] and out is None          # x_3 = output of block 2; blocks 3..11 not run
+    assert torch.equal(x3, ref.intermediates[3])
+    calls.clear()
+    with torch.no_grad():
+        bb.forward_intermediates(x, [0], stop_early=True)
+        assert calls == []
+        out, _ = bb.forward_intermediates(x, [12], stop_early=True)
+    assert len(calls) == 12 and out is not None
+    with pytest.raises(ValueError, match="feature indices"):
+        bb.forward_intermediates(x, [13])
+    with pytest.raises(ValueError, match="last n features"):
+        bb.forward_intermediates(x, 0)
+
+
+def test_forward_intermediates_pass_the_pruner_state():
+    bb = build_backbone("vit_nano", img_size=64, pruner=ExternalMaskPruner()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    masks = torch.ones(12, 16, dtype=torch.bool)
+    masks[2:, :8] = False
+    with torch.no_grad():
+        ref = bb(x, masks, return_intermediates=True)
+        out, feats = bb.forward_intermediates(x, state=masks)
+    assert all(torch.equal(a, b) for a, b in zip(feats, ref.intermediates))
+    assert torch.equal(out.keep.masks[0], masks)
+
+
+def test_patch_grid_without_building_matches_the_built_model():
+    from vppkit.models.vit import arch_patch_size, patch_grid
+
+    assert arch_patch_size("vit_small_patch14_dinov2") == 14 and arch_patch_size("vit_nano") == 16
+    assert patch_grid("vit_small_patch14_dinov2", (84, 98)) == (6, 7) and patch_grid("vit_tiny", 96) == (6, 6)
+    for arch in ("vit_tiny", "vit_nano", "vit_small_patch14_dinov2"):
+        size = (112, 224)
+        assert patch_grid(arch, size) == build_backbone(arch, img_size=size).grid_for(*size), arch
+    with pytest.raises(ValueError, match="unknown backbone arch"):
+        patch_grid("nope", 64)

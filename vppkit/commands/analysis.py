@@ -26,24 +26,18 @@ import json
 import sys
 from pathlib import Path
 
+from analyses.fgs import format_layers
 from vppkit.config import load_config
 from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
 from vppkit.engine.checkpoint import load_checkpoint
+from vppkit.engine.features import FGSFramesConfig, FrameSet, dense_backbone, fgs_on_frames
 from vppkit.engine.infer import load_keep_records
 from vppkit.metrics.fgs import split_by_video
-from vppkit.metrics.fgs_frames import (
-    FGSFramesConfig,
-    FrameSet,
-    dense_backbone,
-    fgs_on_frames,
-    format_layers,
-    imgfocus_backbone,
-    random_backbone,
-)
 from vppkit.metrics.ioi import IoIAccumulator
 from vppkit.metrics.patch_labels import DEFAULT_RULE, patch_labels
 from vppkit.metrics.pkr import PKRAccumulator
+from vppkit.models.backbones import imgfocus_backbone, random_backbone
 from vppkit.utils.io import atomic_write_json, atomic_write_text, finite_or_none
 from vppkit.utils.provenance import provenance
 
@@ -151,7 +145,7 @@ def _frame_set(spec: str, frames: str | None, cfg_getter, role: str):
 
 
 def run_fgs_command(args: argparse.Namespace) -> int:
-    """``vppkit fgs``: :func:`vppkit.metrics.fgs_frames.fgs_on_frames` on one backbone; JSON + CSV + table."""
+    """``vppkit fgs``: :func:`vppkit.engine.features.fgs_on_frames` on one backbone; JSON + CSV + table."""
     import pandas as pd
 
     cache: dict = {}

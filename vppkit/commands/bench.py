@@ -9,12 +9,21 @@ Examples::
 
 Writes ``<out>/bench.json`` and ``<out>/bench.md`` (atomic). Pruned rows run each method's nominal keep schedule;
 see :mod:`vppkit.bench` for what ``schedule`` and ``real`` rows include. Gumbel noise is off (deterministic).
+The Markdown is rendered by :mod:`analyses.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+
+import torch
+
+from analyses.bench import render_markdown, write_report
+from vppkit.bench import ModelCase, default_suite, run_suite
+from vppkit.config import load_config
+from vppkit.utils.provenance import REPO_ROOT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,10 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
     """The suite from :func:`vppkit.bench.default_suite` with the command-line overrides applied."""
-    from dataclasses import replace
-
-    from vppkit.bench import ModelCase, default_suite
-
     suite = default_suite(cfg, quick=args.quick)
     if args.arch:
         img = tuple(args.img_size or (224,))
@@ -100,12 +105,6 @@ def build_suite(args: argparse.Namespace, cfg: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vppkit.bench import render_markdown, run_suite, write_report
-    from vppkit.config import load_config
-    from vppkit.utils.provenance import REPO_ROOT
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

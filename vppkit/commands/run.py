@@ -17,7 +17,7 @@ import logging
 import time
 
 from analyses import report
-from experiments.common import ARTIFACTS, Context
+from experiments.common import ARTIFACTS, Context, artifact_module
 
 log = logging.getLogger("vppkit.experiments")
 
@@ -30,7 +30,7 @@ def run_artifact(ctx: Context, name: str) -> dict:
     Raises:
         KeyError: ``name`` is not in :data:`experiments.common.ARTIFACTS`.
     """
-    module = importlib.import_module(ARTIFACTS[name])
+    module = importlib.import_module(artifact_module(name))
     start = time.perf_counter()
     result = module.run(ctx)
     report.render_artifact(ctx, name, result)

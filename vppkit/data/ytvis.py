@@ -44,6 +44,7 @@ __all__ = [
     "category_index",
     "annotations_by_video",
     "resolve_frames_root",
+    "subset_frames",
     "mask_bbox",
 ]
 
@@ -369,3 +370,31 @@ def resolve_frames_root(ds: dict, json_path: str | os.PathLike | None = None) ->
     if not root.is_absolute() and json_path is not None:
         root = Path(json_path).parent / root
     return root
+
+
+def subset_frames(ds: dict, videos: dict[int, list[int]]) -> dict:
+    """Ground truth restricted to some videos and frames (video AP of results computed on a frame subset).
+
+    Args:
+        ds: YouTube-VIS dict.
+        videos: video id -> kept frame indices (in the order the results list them).
+
+    Returns:
+        a new dict: those videos, with every per-frame list (``file_names``, ``segmentations``, ``areas``,
+        ``bboxes``) subset and ``length`` updated; annotations of other videos dropped; other top-level keys kept.
+    """
+    out = {k: v for k, v in ds.items() if k not in ("videos", "annotations")}
+    out["videos"], out["annotations"] = [], []
+    for v in ds["videos"]:
+        if v["id"] in videos:
+            ts = videos[v["id"]]
+            out["videos"].append(dict(v, file_names=[v["file_names"][t] for t in ts], length=len(ts)))
+    for a in ds["annotations"]:
+        if a["video_id"] in videos:
+            ts = videos[a["video_id"]]
+            na = dict(a)
+            for key in ("segmentations", "areas", "bboxes"):
+                if isinstance(a.get(key), list):
+                    na[key] = [a[key][t] for t in ts]
+            out["annotations"].append(na)
+    return out

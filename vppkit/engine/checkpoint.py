@@ -2,10 +2,12 @@
 
 A checkpoint is one ``torch.save`` file written through :func:`vppkit.utils.io.atomic_path`, so a run killed while
 saving leaves the previous checkpoint intact. ``--resume`` loads ``<run>/checkpoint_last.pt``.
+:func:`load_model` rebuilds the trained VIS model a checkpoint holds (inference, analyses).
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vppkit.config import merge
+from vppkit.models.vis.model import build_vis_model
 from vppkit.utils.io import atomic_path
 
 LAST = "checkpoint_last.pt"
@@ -76,3 +80,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict) or "model" not in obj:
         raise ValueError(f"{path} is not a vppkit checkpoint (no 'model' state dict)")
     return obj
+
+
+def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str = "cpu",
+               overrides: dict | None = None, ck: dict | None = None):
+    """Rebuild a trained :class:`VISModel` from a checkpoint (its stored config), in eval mode.
+
+    Args:
+        checkpoint: a ``model_final.pt`` / ``checkpoint_last.pt``.
+        pruning: the pruning section to build (default: the one stored when the checkpoint is from the sparse
+            stage, else dense).
+        overrides: deep-merged into the stored config's ``model`` section.
+        ck: the checkpoint dict when the caller has already loaded ``checkpoint`` (not read again).
+
+    Returns:
+        (model, checkpoint dict).
+    """
+    ck = ck if ck is not None else load_checkpoint(checkpoint, map_location="cpu")
+    cfg = copy.deepcopy(ck["config"])
+    if pruning is None and ck.get("stage") == "sparse":
+        pruning = cfg.get("pruning")
+    # the backbone as it was built (after a pretrained fallback, if any); its weights are in the checkpoint
+    built = (ck.get("backbone") or {}).get("model") or cfg["model"]
+    mcfg = merge(built, overrides or {})
+    model = build_vis_model(mcfg, int(ck["num_classes"]), pruning, load_pretrained=False)
+    if ck.get("backbone"):
+        model.backbone_info = dict(ck["backbone"])
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    bad = [k for k in missing if ".pruner." not in k]
+    unexpected = [k for k in unexpected if ".pruner." not in k]
+    if bad or unexpected:
+        raise ValueError(f"{checkpoint}: state dict does not fit the model (missing {bad[:5]}, unexpected "
+                         f"{list(unexpected)[:5]})")
+    return model.to(device).eval(), ck

@@ -6,6 +6,11 @@ upsampled to the original frame size, thresholded and RLE-encoded at once, and t
 (:class:`VideoTrackAccumulator`). Nothing with a graph and no full-size mask tensor outlives its frame, so memory
 does not grow with video length beyond the compact RLEs the results need.
 
+:func:`infer_video` is the one inference loop of the project: the results table (:func:`run_inference`), the
+training-free selector study and the oracle-pruning study (``experiments/selectors.py``, ``experiments/oracle.py``,
+which pass an external keep-mask schedule and a frame subset) all score tracks the same way, with the profile's
+``eval`` settings (:class:`EvalSettings`).
+
 Writes (rank 0 / single process) into the output folder:
 
 - ``results.json``: YouTube-VIS results (list of ``{video_id, category_id, score, segmentations}``, per-frame RLE
@@ -22,16 +27,21 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
+from vppkit.config import EvalConfig
+from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
+from vppkit.engine.checkpoint import load_checkpoint, load_model
 from vppkit.metrics.coco_frames import evaluate_frame_ap
 from vppkit.metrics.pkr import PKRAccumulator
 from vppkit.metrics.ytvis_ap import evaluate_video_ap
@@ -39,56 +49,110 @@ from vppkit.models.records import KeepRecord
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
-__all__ = ["infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records", "records_pkr",
-           "frame_loader"]
+__all__ = ["EvalSettings", "infer_video", "run_inference", "infer_checkpoint", "evaluate_run", "load_keep_records",
+           "records_pkr", "frame_loader"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a video's per-frame predictions become YouTube-VIS results (the profile's ``eval`` section).
+
+    Attributes:
+        top_k: (track, class) pairs kept per video (MinVIS).
+        score: (track, class) scoring of :class:`VideoTrackAccumulator` ("mean" | "present" | "present_mask").
+        mask_threshold: mask-logit threshold (0 = probability 0.5).
+        tracker_momentum: tracker reference momentum (0 = MinVIS, match to the previous frame).
+    """
+
+    top_k: int
+    score: str
+    mask_threshold: float
+    tracker_momentum: float
+
+    @classmethod
+    def from_config(cls, ecfg: Mapping | None = None) -> "EvalSettings":
+        """Settings from an ``eval`` section; keys it lacks (or ``None`` for all) come from the config schema
+        (:class:`vppkit.config.EvalConfig`), where the defaults are written once. Other keys of the section (split,
+        workers, ...) are ignored."""
+        d = {**asdict(EvalConfig()), **dict(ecfg or {})}
+        return cls(top_k=int(d["top_k"]), score=str(d["score"]), mask_threshold=float(d["mask_threshold"]),
+                   tracker_momentum=float(d["tracker_momentum"]))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _settings(settings: EvalSettings | Mapping | None) -> EvalSettings:
+    return settings if isinstance(settings, EvalSettings) else EvalSettings.from_config(settings)
 
 
 @torch.no_grad()
-def infer_video(model, frames: VideoFrames, vi: int, *, top_k: int = 10, mask_threshold: float = 0.0,
-                momentum: float = 0.0, execution: str | None = "gathered", visualize_dir: Path | None = None,
-                score: str = "mean", images: Iterable[torch.Tensor] | None = None):
-    """Run one video online.
+def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Mapping | None = None, *,
+                keep_masks: torch.Tensor | None = None, frame_indices: Sequence[int] | None = None,
+                batch: int = 1, execution: str | None = "gathered", visualize_dir: Path | None = None,
+                images: Iterable[torch.Tensor] | None = None) -> tuple[list[dict], list[KeepRecord]]:
+    """Run one video online: backbone (+ pruner state) -> tracker -> upsampled, thresholded masks -> results.
 
     Args:
-        model: a :class:`VISModel` in eval mode.
+        model: a :class:`VISModel` in eval mode. With ``keep_masks`` its backbone's pruner must take the masks as
+            ``state`` (:class:`~vppkit.models.pruning.base.ExternalMaskPruner`).
         frames: the dataset reader; ``vi`` the video index in it.
-        images: the video's frames in order, (3, H, W) uint8 each, e.g. read ahead by :func:`frame_loader`;
-            None reads them from ``frames`` here.
-        top_k: instances kept for the video.
-        mask_threshold: mask-logit threshold (0 = probability 0.5).
-        momentum: tracker reference momentum (0 = MinVIS, previous frame).
+        settings: :class:`EvalSettings` or an ``eval`` config section (None: ``the schema's, :class:`vppkit.config.EvalConfig`).
+        keep_masks: optional external keep-mask schedule, (T, depth, N) bool, one (depth, N) schedule per
+            processed frame, passed as the backbone ``state`` (no temporal state is carried then).
+        frame_indices: the frames to run, in order (default all); results have one segmentation per listed frame
+            (evaluate against the ground truth restricted to them, :func:`vppkit.data.ytvis.subset_frames`).
+        batch: frames per forward; > 1 only with ``keep_masks`` (frames are independent then; a temporal pruner
+            state needs frame-by-frame execution).
         execution: backbone execution mode.
         visualize_dir: write an overlay PNG per frame there (optional).
-        score: (track, class) scoring of :class:`VideoTrackAccumulator` ("mean" | "present" | "present_mask").
+        images: the processed frames in order, (3, H, W) uint8 each, e.g. read ahead by :func:`frame_loader`;
+            None reads them from ``frames`` here.
 
     Returns:
         (results list for this video, list of per-frame KeepRecords (batch 1 each)).
+
+    Raises:
+        ValueError: ``batch > 1`` without ``keep_masks``, or ``keep_masks`` not one schedule per processed frame.
     """
+    s = _settings(settings)
     vid = frames.videos[vi]
     h, w = int(vid["height"]), int(vid["width"])
-    acc = VideoTrackAccumulator(vid["id"], frames.num_frames(vi), frames.category_ids, top_k, score=score)
+    ts = list(range(frames.num_frames(vi))) if frame_indices is None else [int(t) for t in frame_indices]
+    if batch < 1 or (batch > 1 and keep_masks is None):
+        raise ValueError(f"infer_video: batch must be 1 without an external keep-mask schedule, got {batch}")
+    if keep_masks is not None and (keep_masks.dim() != 3 or keep_masks.shape[0] != len(ts)):
+        raise ValueError(f"infer_video: keep_masks must be (T={len(ts)}, depth, N), got {tuple(keep_masks.shape)}")
+    acc = VideoTrackAccumulator(vid["id"], len(ts), frames.category_ids, s.top_k, score=s.score)
     device = next(model.parameters()).device
     state = track = None
-    records = []
-    if images is None:
-        images = (frames.frame(vi, t) for t in range(frames.num_frames(vi)))
-    for t, img in zip(range(frames.num_frames(vi)), images):
-        out = model(img[None].to(device), state, execution=execution)
-        state = out.backbone.state
-        perm, track = track_step(track, out.embeds[0], momentum)
-        probs = out.pred_logits[0].float().softmax(-1)[perm]
-        logits = F.interpolate(out.pred_masks[0][perm][None].float(), size=(h, w), mode="bilinear",
-                               align_corners=False)[0]
-        masks = logits > mask_threshold
-        mask_scores = None
-        if score == "present_mask":  # mean mask probability inside the binary mask (Mask2Former)
-            mf = masks.flatten(1).float()
-            mask_scores = (logits.sigmoid().flatten(1) * mf).sum(1) / mf.sum(1).clamp(min=1.0)
-        acc.add_frame(t, probs, masks, mask_scores)
-        records.append(out.backbone.keep)
-        if visualize_dir is not None:
-            _save_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{t:05d}.png", img, out, perm,
-                          mask_threshold)
+    records: list[KeepRecord] = []
+    it = iter(images) if images is not None else (frames.frame(vi, t) for t in ts)
+    for start in range(0, len(ts), batch):
+        imgs = list(islice(it, batch))
+        if not imgs:
+            break
+        if keep_masks is not None:
+            state = keep_masks[start:start + len(imgs)]
+        out = model(torch.stack(imgs).to(device), state, execution=execution)
+        if keep_masks is None:
+            state = out.backbone.state
+        for j, img in enumerate(imgs):
+            perm, track = track_step(track, out.embeds[j], s.tracker_momentum)
+            probs = out.pred_logits[j].float().softmax(-1)[perm]
+            logits = F.interpolate(out.pred_masks[j][perm][None].float(), size=(h, w), mode="bilinear",
+                                   align_corners=False)[0]
+            masks = logits > s.mask_threshold
+            mask_scores = None
+            if s.score == "present_mask":  # mean mask probability inside the binary mask (Mask2Former)
+                mf = masks.flatten(1).float()
+                mask_scores = (logits.sigmoid().flatten(1) * mf).sum(1) / mf.sum(1).clamp(min=1.0)
+            acc.add_frame(start + j, probs, masks, mask_scores)
+            keep = out.backbone.keep if len(imgs) == 1 else out.backbone.keep[j]
+            records.append(keep)
+            if visualize_dir is not None:
+                _save_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{ts[start + j]:05d}.png", img,
+                              out, j, perm, s.mask_threshold)
     return acc.results(), records
 
 
@@ -123,20 +187,18 @@ def frame_loader(frames: VideoFrames, n: int, workers: int = 0) -> Iterator[torc
                                             prefetch_factor=4))
 
 
-def _save_overlay(path: Path, img: torch.Tensor, out, perm: torch.Tensor, thr: float) -> None:
-    """Frame (model size) with the confident tracks' masks tinted by track slot, and the pruned patches of the last
-    block darkened."""
-    from PIL import Image
-
+def _save_overlay(path: Path, img: torch.Tensor, out, j: int, perm: torch.Tensor, thr: float) -> None:
+    """Frame ``j`` of the batch (model size) with the confident tracks' masks tinted by track slot, and the pruned
+    patches of the last block darkened."""
     arr = img.permute(1, 2, 0).numpy().astype(np.float32)
     H, W = arr.shape[:2]
     keep = out.backbone.keep
     hp, wp = keep.grid
-    last = keep.masks[0, -1].view(hp, wp).float()
+    last = keep.masks[j, -1].view(hp, wp).float()
     shade = F.interpolate(last[None, None], size=(H, W), mode="nearest")[0, 0].numpy()
     arr = arr * (0.45 + 0.55 * shade[..., None])
-    probs = out.pred_logits[0].softmax(-1)[perm]
-    masks = F.interpolate(out.pred_masks[0][perm][None], size=(H, W), mode="bilinear", align_corners=False)[0] > thr
+    probs = out.pred_logits[j].softmax(-1)[perm]
+    masks = F.interpolate(out.pred_masks[j][perm][None], size=(H, W), mode="bilinear", align_corners=False)[0] > thr
     rng = np.random.default_rng(0)
     colors = rng.integers(40, 255, size=(masks.shape[0], 3))
     for q in range(masks.shape[0]):
@@ -179,12 +241,14 @@ def load_keep_records(path: str | Path) -> dict[int, KeepRecord]:
     return out
 
 
-def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None, *, top_k: int = 10,
-                  mask_threshold: float = 0.0, momentum: float = 0.0, visualize: bool = False,
+def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
+                  settings: EvalSettings | Mapping | None = None, *, visualize: bool = False,
                   max_videos: int | None = None, progress: bool = True, meta: dict | None = None,
-                  score: str = "mean", workers: int = 0) -> dict:
-    """Run every video of ``frames`` and (when ``out_dir``) write the files listed in the module docstring.
+                  workers: int = 0) -> dict:
+    """Run every video of ``frames`` with :func:`infer_video` and (when ``out_dir``) write the files listed in the
+    module docstring.
 
+    ``settings``: :class:`EvalSettings` or an ``eval`` config section (None: ``the schema's, :class:`vppkit.config.EvalConfig`).
     ``workers`` background processes decode and resize frames ahead of the model (:func:`frame_loader`;
     ``eval.workers``); the results do not depend on it.
 
@@ -192,6 +256,7 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
         dict with ``results`` (YouTube-VIS results list), ``records`` ({video_id: KeepRecord}), ``pkr`` (the PKR
         accumulator dict; first frames flagged), ``frames``, ``seconds``, ``sec_per_frame``.
     """
+    s = _settings(settings)
     model.eval()
     out_dir = Path(out_dir) if out_dir else None
     results, packed, all_recs, firsts, per_video = [], {}, [], [], {}
@@ -199,8 +264,8 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     t0 = time.perf_counter()
     loader = frame_loader(frames, n, workers)
     for vi in tqdm(range(n), desc="infer", unit="video", disable=not progress):
-        res, recs = infer_video(model, frames, vi, top_k=top_k, mask_threshold=mask_threshold, momentum=momentum,
-                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None, score=score,
+        res, recs = infer_video(model, frames, vi, s,
+                                visualize_dir=(out_dir / "vis") if (visualize and out_dir) else None,
                                 images=islice(loader, frames.num_frames(vi)))
         vid = frames.videos[vi]["id"]
         results.extend(res)
@@ -214,8 +279,8 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
     nframes = len(all_recs)
     pkr = records_pkr(all_recs, firsts) if all_recs else {}
     summary = {"frames": nframes, "videos": n, "seconds": seconds, "sec_per_frame": seconds / max(nframes, 1),
-               "pkr": pkr, "settings": {"top_k": top_k, "mask_threshold": mask_threshold, "momentum": momentum,
-                                                "score": score},
+               "pkr": pkr, "settings": {"top_k": s.top_k, "mask_threshold": s.mask_threshold,
+                                        "momentum": s.tracker_momentum, "score": s.score},
                **(meta or {})}
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", results, indent=None)
@@ -239,16 +304,13 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
         noise: Gumbel noise at inference (None: the config's ``eval.inference_noise``).
         workers: frame-reading processes (None: the config's ``eval.workers``, 0 when absent).
         eval_cfg: ``eval`` settings to use (top_k, score, mask_threshold, tracker_momentum, inference_noise,
-            workers); None: the ones stored in the checkpoint's config (those it was trained under).
+            workers); None: the ones stored in the checkpoint's config (those it was trained under). Keys missing
+            from either come from the schema (:meth:`EvalSettings.from_config`).
 
     Returns:
         :func:`run_inference`'s dict plus ``gt_json`` (the json that was run), ``noise`` and ``backbone`` (the
         checkpoint's record of what the backbone was built from; ``{}`` for checkpoints without one).
     """
-    from vppkit.engine.checkpoint import load_checkpoint
-    from vppkit.data.splits import resolve_split
-    from vppkit.engine.train import load_model
-
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
     ecfg = cfg.get("eval", {}) if eval_cfg is None else eval_cfg
@@ -266,13 +328,9 @@ def infer_checkpoint(checkpoint: str | Path, data: str = "val", out_dir: str | P
     meta = {"checkpoint": str(checkpoint), "gt_json": str(js), "noise": noise,
             "pruning": (pruning or {}).get("method", "none"), "profile": cfg.get("profile"),
             "backbone": ck.get("backbone") or {}}
-    res = run_inference(model, frames, out_dir, top_k=int(ecfg.get("top_k", 10)),
-                        mask_threshold=float(ecfg.get("mask_threshold", 0.0)),
-                        momentum=float(ecfg.get("tracker_momentum", 0.0)), visualize=visualize,
-                        max_videos=max_videos, progress=progress, meta=meta,
-                        score=str(ecfg.get("score", "mean")),
-                        workers=int(ecfg.get("workers", 0)) if workers is None else int(workers))
-    return res
+    return run_inference(model, frames, out_dir, EvalSettings.from_config(ecfg), visualize=visualize,
+                         max_videos=max_videos, progress=progress, meta=meta,
+                         workers=int(ecfg.get("workers", 0)) if workers is None else int(workers))
 
 
 def evaluate_run(out_dir: str | Path, gt_json: str | Path) -> dict:

@@ -32,7 +32,6 @@ rewritten atomically at each checkpoint, so it never holds rows beyond the check
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import logging
@@ -465,36 +464,3 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     ran = max(end - start, 1)
     return {"out_dir": str(out), "checkpoint": str(ckpt), "steps": end, "seconds": seconds,
             "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage, "backbone": backbone}
-
-
-def load_model(checkpoint: str | Path, pruning: dict | None = None, device: str = "cpu",
-               overrides: dict | None = None, ck: dict | None = None):
-    """Rebuild a trained :class:`VISModel` from a checkpoint (its stored config), in eval mode.
-
-    Args:
-        checkpoint: a ``model_final.pt`` / ``checkpoint_last.pt``.
-        pruning: the pruning section to build (default: the one stored when the checkpoint is from the sparse
-            stage, else dense).
-        overrides: deep-merged into the stored config's ``model`` section.
-        ck: the checkpoint dict when the caller has already loaded ``checkpoint`` (not read again).
-
-    Returns:
-        (model, checkpoint dict).
-    """
-    ck = ck if ck is not None else load_checkpoint(checkpoint, map_location="cpu")
-    cfg = copy.deepcopy(ck["config"])
-    if pruning is None and ck.get("stage") == "sparse":
-        pruning = cfg.get("pruning")
-    # the backbone as it was built (after a pretrained fallback, if any); its weights are in the checkpoint
-    built = (ck.get("backbone") or {}).get("model") or cfg["model"]
-    mcfg = merge(built, overrides or {})
-    model = build_vis_model(mcfg, int(ck["num_classes"]), pruning, load_pretrained=False)
-    if ck.get("backbone"):
-        model.backbone_info = dict(ck["backbone"])
-    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
-    bad = [k for k in missing if ".pruner." not in k]
-    unexpected = [k for k in unexpected if ".pruner." not in k]
-    if bad or unexpected:
-        raise ValueError(f"{checkpoint}: state dict does not fit the model (missing {bad[:5]}, unexpected "
-                         f"{list(unexpected)[:5]})")
-    return model.to(device).eval(), ck

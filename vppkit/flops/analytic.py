@@ -13,7 +13,8 @@ are modelled by separate token counts for the attention part (qkv, QK^T, AV, pro
 
 Token schedules (:class:`TokenSchedule`) hold the number of *patch* tokens (prefix excluded) that enter each
 block's attention and MLP; the prefix (CLS / register tokens, never pruned) is added by :func:`backbone_macs`.
-Nominal schedules of the methods are built here from their published rules (sources in each builder).
+Nominal schedules of the methods are the pruners' own (``Pruner.nominal_counts`` in
+:mod:`vppkit.models.pruning`; :func:`method_schedule`), never retyped here.
 Pruner overhead (predictors, gates, Map-SM association) is passed in and reported separately.
 """
 
@@ -22,6 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
+
+from vppkit.models.pruning import build_pruner
+from vppkit.models.pruning.base import BlockCounts, Pruner
+from vppkit.models.pruning.evit import EVIT_BLOCKS, EVIT_KEEP_RATE, evit_counts
+from vppkit.models.pruning.svit import svit_stage_targets
+from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
 
 __all__ = [
     "ViTSpec",
@@ -33,13 +40,12 @@ __all__ = [
     "TokenSchedule",
     "dense_schedule",
     "ratio_schedule",
-    "stage_schedule",
-    "vpp_schedule",
-    "evit_schedule",
-    "tome_schedule",
+    "counts_schedule",
     "dynamicvit_predictor_macs",
     "tome_matching_macs",
     "METHODS",
+    "TOME_R",
+    "method_pruner",
     "method_schedule",
     "BackboneMacs",
     "backbone_macs",
@@ -236,89 +242,10 @@ def ratio_schedule(num_patches: int, ratios: Sequence[float], method: str = "rat
     return TokenSchedule(counts, counts, num_patches, method, {"ratios": [float(r) for r in ratios]})
 
 
-def stage_schedule(num_patches: int, rho: float = 0.7, locations: Sequence[int] = (3, 6, 9), depth: int = 12,
-                   rounding: str = "floor", method: str = "dynamicvit") -> TokenSchedule:
-    """Hierarchical keep ratios rho, rho^2, rho^3 from blocks ``locations`` on (DynamicViT; SViT targets).
-
-    DynamicViT (Rao et al. 2021; official ``dyvit.py``): predictors before blocks 3, 6, 9 (0-based), inference
-    keeps exactly ``int(N * rho^s)`` tokens (``rounding="floor"``). SViT's nominal per-block targets
-    (vpp-notes §10.1: 0.7/0.49/0.343 from block 3) are the same shape; its real counts are dynamic
-    (``rounding="none"`` gives the expected count).
-
-    Args:
-        num_patches: N.
-        rho: per-stage keep ratio.
-        locations: 0-based blocks where a new stage starts.
-        depth: number of blocks.
-        rounding: "floor" (fixed count, DynamicViT) or "none" (fractional expected count).
-        method: label.
-    """
-    if not 0.0 < rho <= 1.0:
-        raise ValueError(f"rho must lie in (0, 1], got {rho}")
-    counts = []
-    for b in range(depth):
-        stage = sum(1 for loc in locations if b >= loc)
-        c = num_patches * rho ** stage
-        counts.append(float(math.floor(c + 1e-9)) if rounding == "floor" else c)
-    return TokenSchedule(tuple(counts), tuple(counts), num_patches, method,
-                         {"rho": rho, "locations": list(locations), "rounding": rounding})
-
-
-def vpp_schedule(num_patches: int, map_keep: float = 0.7, rho: float = 0.8, depth: int = 12,
-                 map_block: int = 1, sm_blocks: Sequence[int] = (3, 6, 9)) -> TokenSchedule:
-    """Nominal VPP schedule (vpp-notes §11, the official code's indexing).
-
-    r = [1, m, m, m rho, m rho, m rho, m rho^2, ..., m rho^3]: block 0 dense, Map-SM's keep ratio m from
-    block 1, SM targets m * rho^i at blocks 3/6/9 (cumulative). Released configs: "0.55PKR" m=0.7, rho=0.8
-    (PKR 54.16 %); "0.4PKR" m=0.6, rho=0.7 (41.33 %). Real counts are dynamic: use measured ratios.
-    """
-    counts = []
-    for b in range(depth):
-        if b < map_block:
-            f = 1.0
-        else:
-            f = map_keep * rho ** sum(1 for loc in sm_blocks if b >= loc)
-        counts.append(num_patches * f)
-    return TokenSchedule(tuple(counts), tuple(counts), num_patches, "vpp",
-                         {"map_keep": map_keep, "rho": rho, "map_block": map_block, "sm_blocks": list(sm_blocks)})
-
-
-def evit_schedule(num_patches: int, keep_rate: float = 0.7, locations: Sequence[int] = (3, 6, 9), depth: int = 12,
-                  fuse_token: bool = True, num_prefix: int = 1) -> TokenSchedule:
-    """EViT (Liang et al. 2022; official ``evit.py``): inside blocks 3/6/9, after attention, keep the
-    ``ceil(keep_rate * (n - 1))`` patch tokens most attended by CLS; the rest are fused into one token.
-
-    At a pruning block attention runs on the incoming tokens and the MLP on the kept ones (+ fused token).
-    The fused token is counted as a patch token here (it is not a prefix token).
-    """
-    if not 0.0 < keep_rate <= 1.0:
-        raise ValueError(f"keep_rate must lie in (0, 1], got {keep_rate}")
-    attn, mlp = [], []
-    n = float(num_patches)
-    for b in range(depth):
-        attn.append(n)
-        if b in locations:
-            # EViT: left_tokens = ceil(keep_rate * (N_total - 1)) with N_total including CLS (+ fused token)
-            n = float(math.ceil(keep_rate * (n + num_prefix - 1))) + (1.0 if fuse_token else 0.0)
-        mlp.append(n)
-    return TokenSchedule(tuple(attn), tuple(mlp), num_patches, "evit",
-                         {"keep_rate": keep_rate, "locations": list(locations), "fuse_token": fuse_token})
-
-
-def tome_schedule(num_patches: int, r: int = 13, depth: int = 12, num_prefix: int = 1) -> TokenSchedule:
-    """ToMe (Bolya et al. 2023; ``tome/patch/timm.py``): each block merges r tokens between attention and MLP.
-
-    r is capped at half the tokens (``min(r, (n_total - protected) // 2)``, protected CLS). Merged tokens are
-    weighted averages: counts are exact.
-    """
-    attn, mlp = [], []
-    n = float(num_patches)
-    for _ in range(depth):
-        attn.append(n)
-        rr = min(r, int(n // 2))  # ToMe: min(r, (t - protected) // 2), t includes the protected CLS
-        n = n - rr
-        mlp.append(n)
-    return TokenSchedule(tuple(attn), tuple(mlp), num_patches, "tome", {"r": r})
+def counts_schedule(counts: BlockCounts, method: str = "custom", params: dict | None = None) -> TokenSchedule:
+    """Schedule from a pruner's nominal counts (:meth:`vppkit.models.pruning.base.Pruner.nominal_counts`)."""
+    return TokenSchedule(tuple(float(a) for a in counts.attn), tuple(float(m) for m in counts.mlp),
+                         counts.num_patches, method, dict(params or {}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,24 +360,58 @@ def schedule_to_dict(schedule: TokenSchedule) -> dict:
 METHODS = ("dense", "vpp", "svit", "dynamicvit", "evit", "tome")
 """Methods :func:`method_schedule` knows."""
 
+TOME_R = 13
+"""ToMe's r for DeiT-S in its paper (2.7 GFLOPs), the default of :func:`method_schedule`."""
+
+
+def method_pruner(method: str, dim: int, *, keep: float | None = None, rho: float | None = None,
+                  tome_r: int | None = None, depth: int = 12) -> Pruner:
+    """The vppkit pruner whose nominal schedule :func:`method_schedule` reports (defaults: the pruners' own).
+
+    ``vpp``: :class:`VPPPruner` with preset ``pkr55`` (m, rho from ``schedules.PRESETS``), ``keep`` = m and
+    ``rho`` override it; ``svit``: per-stage targets rho, rho^2, rho^3 (default SViT's 0.7); ``dynamicvit``:
+    ``rho``; ``evit``: ``keep`` at :data:`~vppkit.models.pruning.evit.EVIT_BLOCKS`; ``tome``: ``tome_r``
+    (default :data:`TOME_R`).
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if method == "dense":
+        return build_pruner("dense", dim)
+    if method == "vpp":
+        return build_pruner("vpp", dim, schedule="pkr55", m=keep, rho=rho, inference_noise=False)
+    if method == "svit":
+        kw = {} if rho is None else {"targets": svit_stage_targets(rho, depth=depth)}
+        return build_pruner("svit", dim, depth=depth, **kw)
+    if method == "dynamicvit":
+        return build_pruner("dynamicvit", dim, **({} if rho is None else {"rho": rho}))
+    if method == "evit":
+        return build_pruner("evit", dim, keep_rates={b: EVIT_KEEP_RATE if keep is None else keep for b in EVIT_BLOCKS})
+    return build_pruner("tome", dim, r=TOME_R if tome_r is None else int(tome_r), depth=depth)
+
 
 def method_schedule(method: str, spec: ViTSpec, grid: tuple[int, int], *, keep: float | None = None,
                     rho: float | None = None, tome_r: int | None = None,
                     block_ratios: Sequence[float] | None = None) -> tuple[TokenSchedule, float, str]:
     """Nominal token schedule and pruner overhead (MACs per frame) of a method.
 
-    Static schedules use their nominal keep ratios; dynamic methods (VPP, SViT) accept measured per-block keep
-    ratios (``block_ratios``, e.g. from :func:`vppkit.flops.measure.block_ratios_from_records`), which then
-    replace the nominal schedule. The overhead follows vppkit's pruner implementations (their
-    ``KeepRecord.overhead_macs``): gates / predictors see all N patch tokens.
+    The schedule is the pruner's own (:meth:`~vppkit.models.pruning.base.Pruner.nominal_counts` of
+    :func:`method_pruner`), except EViT, whose count here is the **official** EViT's (fused token, pruning
+    inside the block: :func:`~vppkit.models.pruning.evit.evit_counts`), to compare with its published GFLOPs.
+    Dynamic methods (VPP, SViT) accept measured per-block keep ratios (``block_ratios``, e.g. from
+    :func:`vppkit.flops.measure.block_ratios_from_records`), which then replace the nominal schedule. The
+    overhead follows vppkit's pruner implementations (their ``KeepRecord.overhead_macs``): gates / predictors
+    see all N patch tokens.
 
     Args:
         method: one of :data:`METHODS`.
         spec: architecture.
         grid: (H_p, W_p) patch grid.
-        keep: VPP: Map-SM keep fraction m (0.7); EViT: keep rate (0.7). Ignored otherwise.
-        rho: VPP: SM decay (0.8); SViT / DynamicViT: per-stage ratio (0.7).
-        tome_r: ToMe tokens merged per block (13).
+        keep: VPP: Map-SM keep fraction m (preset pkr55: 0.7); EViT: keep rate (0.7). Ignored otherwise.
+        rho: VPP: SM decay (pkr55: 0.8); SViT / DynamicViT: per-stage ratio (0.7).
+        tome_r: ToMe tokens merged per block (:data:`TOME_R`).
         block_ratios: measured per-block kept fractions (len = depth); overrides the nominal schedule.
 
     Returns:
@@ -460,49 +421,52 @@ def method_schedule(method: str, spec: ViTSpec, grid: tuple[int, int], *, keep: 
         ValueError: unknown method, or ``block_ratios`` for ToMe / EViT (their MLP and attention counts
             differ inside a block; pass a full schedule instead).
     """
-    from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs  # the pruners' own cost formulas
-
     n = grid[0] * grid[1]
     c = spec.embed_dim
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if block_ratios is not None and method in ("evit", "tome"):
         raise ValueError(f"--block-ratios is not supported for {method} (tokens change inside a block)")
+    pruner = method_pruner(method, c, keep=keep, rho=rho, tome_r=tome_r, depth=spec.depth)
+    measured = None if block_ratios is None else ratio_schedule(n, block_ratios, method)
     if method == "dense":
-        sched = dense_schedule(n, spec.depth) if block_ratios is None else ratio_schedule(n, block_ratios, "dense")
+        sched = measured or counts_schedule(pruner.nominal_counts(n, spec.depth), "dense")
         return sched, 0.0, "dense: every block processes all patch tokens"
     if method == "vpp":
-        m = 0.7 if keep is None else keep
-        r = 0.8 if rho is None else rho
-        sched = vpp_schedule(n, m, r, spec.depth) if block_ratios is None else ratio_schedule(n, block_ratios, "vpp")
-        kept_prev = sched.attn[5]  # Map-SM maps from the previous frame's tokens kept at block 5 (inference)
-        over = map_sm_macs(n, c, int(round(kept_prev))) + 3 * sm_macs(n, c)
-        note = (f"vpp: nominal m={m}, rho={r} (non-first frame)" if block_ratios is None else
+        s = pruner.schedule
+        sched = measured or counts_schedule(pruner.nominal_counts(n, spec.depth), "vpp", {
+            "map_keep": s.m, "rho": s.rho, "map_block": s.map_block, "sm_blocks": list(s.sm_blocks)})
+        # Map-SM maps from the previous frame's tokens kept at the value block (5) at inference
+        kept_prev = sched.attn[pruner.value_block]
+        over = map_sm_macs(n, c, int(round(kept_prev))) + len(s.sm_blocks) * sm_macs(n, c)
+        note = (f"vpp: nominal m={s.m}, rho={s.rho} (non-first frame)" if block_ratios is None else
                 "vpp: measured block ratios") + ("; overhead = Map-SM at inference (N K C against the K previous "
                                                  "tokens kept at block 5, + selector MLP) + 3 SMs on N tokens")
         return sched, float(over), note
     if method == "svit":
         r = 0.7 if rho is None else rho
-        sched = (stage_schedule(n, r, depth=spec.depth, rounding="none", method="svit") if block_ratios is None
-                 else ratio_schedule(n, block_ratios, "svit"))
-        gates = spec.depth - 3
-        note = (f"svit: nominal targets rho={r} per stage from block 3 (real counts are dynamic)"
-                if block_ratios is None else "svit: measured block ratios") + f"; overhead = {gates} gates on N tokens"
-        return sched, float(gates * sm_macs(n, c)), note
+        sched = measured or counts_schedule(pruner.nominal_counts(n, spec.depth), "svit", {
+            "rho": r, "locations": [pruner.first_gated + 3 * i for i in range(len(pruner.targets) // 3)],
+            "rounding": "none"})
+        gates = len(pruner.gates)
+        note = (f"svit: nominal targets rho={r} per stage from block {pruner.first_gated} (real counts are "
+                "dynamic)" if block_ratios is None else "svit: measured block ratios") + \
+            f"; overhead = {gates} gates on N tokens"
+        return sched, float(sum(g.macs(n) for g in pruner.gates)), note
     if method == "dynamicvit":
-        r = 0.7 if rho is None else rho
-        sched = (stage_schedule(n, r, depth=spec.depth, rounding="floor") if block_ratios is None
-                 else ratio_schedule(n, block_ratios, "dynamicvit"))
-        over = 3 * dynamicvit_predictor_macs(n, c)
-        return sched, over, (f"dynamicvit: fixed counts floor(N rho^s), rho={r}, predictors before blocks 3/6/9; "
-                             "overhead = 3 predictors on N tokens (the official inference runs them on kept "
-                             "tokens only)")
+        sched = measured or counts_schedule(pruner.nominal_counts(n, spec.depth), "dynamicvit", {
+            "rho": pruner.rho, "locations": list(pruner.blocks), "rounding": "floor"})
+        over = float(sum(p.macs(n) for p in pruner.predictors))
+        return sched, over, (f"dynamicvit: fixed counts floor(N rho^s), rho={pruner.rho}, predictors before blocks "
+                             f"{'/'.join(map(str, pruner.blocks))}; overhead = {len(pruner.blocks)} predictors on "
+                             "N tokens (the official inference runs them on kept tokens only)")
     if method == "evit":
-        k = 0.7 if keep is None else keep
-        sched = evit_schedule(n, k, depth=spec.depth, num_prefix=spec.num_prefix)
-        return sched, 0.0, f"evit: official schedule, keep rate {k} inside blocks 3/6/9 + fused token"
-    r_ = 13 if tome_r is None else int(tome_r)
-    sched = tome_schedule(n, r_, spec.depth, spec.num_prefix)
+        k = EVIT_KEEP_RATE if keep is None else keep
+        sched = counts_schedule(evit_counts(n, spec.depth, pruner.keep_rates, fused_token=True, inside_block=True),
+                                "evit", {"keep_rate": k, "locations": list(pruner.keep_rates), "fuse_token": True})
+        return sched, 0.0, (f"evit: official schedule, keep rate {k} inside blocks "
+                            f"{'/'.join(map(str, pruner.keep_rates))} + fused token")
+    sched = counts_schedule(pruner.nominal_counts(n, spec.depth), "tome", {"r": pruner.r[0]})
     # vppkit's ToMe matches patch tokens only (prefix excluded); no matching when nothing is merged
     over = sum(tome_matching_macs(a, c, spec.num_heads) for a, m in zip(sched.attn, sched.mlp) if m < a)
-    return sched, over, f"tome: r={r_} merged per block; overhead = bipartite matching scores on patch tokens"
+    return sched, over, f"tome: r={pruner.r[0]} merged per block; overhead = bipartite matching scores on patch tokens"

@@ -450,3 +450,39 @@ def run_fgs(train_batches: BatchSource, eval_batches: BatchSource, config: FGSCo
     cfg = config or FGSConfig()
     probes, info = train_probes(train_batches, cfg)
     return evaluate_probes(probes, eval_batches, cfg, info)
+
+
+def rebatch(batches: Sequence, frames_per_batch: int) -> list:
+    """Re-cut feature batches ``(features: list of L (B, N, C), fg (B, N), valid (B, N))`` into batches of
+    ``frames_per_batch`` frames (the last one may be smaller), order kept.
+
+    Raises:
+        ValueError: ``frames_per_batch < 1``.
+    """
+    if frames_per_batch < 1:
+        raise ValueError(f"rebatch: frames_per_batch must be >= 1, got {frames_per_batch}")
+    out = []
+    for feats, fg, valid in batches:
+        for s in range(0, fg.shape[0], frames_per_batch):
+            sl = slice(s, s + frames_per_batch)
+            out.append(([f[sl] for f in feats], fg[sl], valid[sl]))
+    return out
+
+
+def mean_over_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """Per-layer rows (:meth:`FGSResult.to_dict` ``layers``) of several probe seeds -> one row per layer: the
+    seed mean of fgs / accuracy / roc_auc / recalls (None where no seed has a value), the first seed's CIs and
+    other fields, ``fgs_seed_sd`` (population sd over seeds; None for one seed or a missing value) and
+    ``fgs_seeds`` (the per-seed values)."""
+    rows = [dict(r) for r in per_seed[0]]
+    for key in ("fgs", "accuracy", "roc_auc", "recall_fg", "recall_bg"):
+        vals = np.array([[np.nan if r[key] is None else r[key] for r in seed_rows] for seed_rows in per_seed], float)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(vals, 0) if np.isfinite(vals).any() else np.full(vals.shape[1], np.nan)
+        for i, r in enumerate(rows):
+            r[key] = None if not np.isfinite(mean[i]) else float(mean[i])
+            if key == "fgs":
+                sd = float(np.std(vals[:, i])) if len(per_seed) > 1 and np.isfinite(vals[:, i]).all() else None
+                r["fgs_seed_sd"] = sd
+                r["fgs_seeds"] = [None if not np.isfinite(v) else float(v) for v in vals[:, i]]
+    return rows

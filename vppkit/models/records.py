@@ -16,6 +16,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,3 +100,59 @@ class KeepRecord:
         masks = np.unpackbits(d["masks_packed"], axis=-1, count=n).astype(bool)
         return cls(torch.from_numpy(masks), torch.from_numpy(np.asarray(d["counts"])).to(torch.int64), grid,
                    torch.from_numpy(np.asarray(d["overhead_macs"])).double())
+
+
+@dataclass
+class BackboneOutput:
+    """Output of :meth:`PrunableViT.forward` (docs/contracts.md).
+
+    Attributes:
+        tokens: (B, N, C) patch tokens of the full grid after the final norm; pruned tokens carry their
+            last value.
+        grid: (H_p, W_p).
+        prefix: (B, P, C) CLS/register tokens after the final norm (P may be 0).
+        intermediates: ``depth + 1`` tensors (B, N, C) of patch tokens before the final norm: x_0 = patch
+            embedding + pos embed, x_b = output of block b-1; ``None`` unless requested.
+        keep: KeepRecord (masks (B, depth, N) in force at each block, counts, overhead MACs).
+        state: next temporal state from the pruner (``None`` for stateless pruners).
+        aux_loss: scalar tensor, the pruner's sparsity loss (0 for dense).
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    prefix: torch.Tensor
+    intermediates: list[torch.Tensor] | None
+    keep: KeepRecord
+    state: Any
+    aux_loss: torch.Tensor
+
+    def feature_map(self) -> torch.Tensor:
+        """Final tokens as a (B, C, H_p, W_p) map."""
+        return tokens_to_map(self.tokens, self.grid)
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) patch tokens -> (B, C, H_p, W_p). Raises ValueError when N != H_p * W_p."""
+    b, n, c = tokens.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(f"tokens_to_map: N={n} does not match grid {grid}")
+    return tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+
+
+@dataclass
+class BlockAttention:
+    """Attention statistics of one block, on the full patch grid (0 at tokens that did not take part).
+
+    Attributes:
+        cls: (B, N) attention from the CLS token to each patch token, mean over heads; ``None`` when the
+            backbone has no CLS token.
+        received: (B, N) attention each patch token receives, mean over the block's (kept) query tokens,
+            prefix queries included, then over heads (VisPruner's SigLIP path, evtp-notes).
+    """
+
+    cls: torch.Tensor | None
+    received: torch.Tensor
+
+    def score(self) -> torch.Tensor:
+        """CLS attention when available, else the attention received (EViT's rule, evtp-notes). (B, N)."""
+        return self.cls if self.cls is not None else self.received

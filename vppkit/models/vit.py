@@ -32,8 +32,8 @@ output is never modified in place (vpp-notes §12.1).
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,16 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from vppkit.models.pruning.base import BlockAttention, DensePruner, Pruner
-from vppkit.models.records import KeepRecord
+from vppkit.config import img_size_hw
+from vppkit.models.blocks import (
+    GATHER_IMPLS,
+    run_block_gathered,
+    run_block_masked,
+)
+from vppkit.models.pruning.base import DensePruner, Pruner
+from vppkit.models.records import BackboneOutput, KeepRecord
 
 EXECUTION_MODES = ("masked", "gathered")
-GATHER_IMPLS = ("auto", "pad", "loop")
 
 # arch name -> (timm model name or None, VisionTransformer kwargs). Depth is 12 everywhere (DESIGN.md §5).
 ARCHS: dict[str, tuple[str | None, dict]] = {
@@ -63,244 +68,30 @@ ARCHS: dict[str, tuple[str | None, dict]] = {
 }
 
 
-@dataclass
-class BackboneOutput:
-    """Output of :meth:`PrunableViT.forward` (docs/contracts.md).
-
-    Attributes:
-        tokens: (B, N, C) patch tokens of the full grid after the final norm; pruned tokens carry their
-            last value.
-        grid: (H_p, W_p).
-        prefix: (B, P, C) CLS/register tokens after the final norm (P may be 0).
-        intermediates: ``depth + 1`` tensors (B, N, C) of patch tokens before the final norm: x_0 = patch
-            embedding + pos embed, x_b = output of block b-1; ``None`` unless requested.
-        keep: KeepRecord (masks (B, depth, N) in force at each block, counts, overhead MACs).
-        state: next temporal state from the pruner (``None`` for stateless pruners).
-        aux_loss: scalar tensor, the pruner's sparsity loss (0 for dense).
-    """
-
-    tokens: torch.Tensor
-    grid: tuple[int, int]
-    prefix: torch.Tensor
-    intermediates: list[torch.Tensor] | None
-    keep: KeepRecord
-    state: Any
-    aux_loss: torch.Tensor
-
-    def feature_map(self) -> torch.Tensor:
-        """Final tokens as a (B, C, H_p, W_p) map."""
-        return tokens_to_map(self.tokens, self.grid)
-
-
-def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, N, C) patch tokens -> (B, C, H_p, W_p). Raises ValueError when N != H_p * W_p."""
-    b, n, c = tokens.shape
-    if n != grid[0] * grid[1]:
-        raise ValueError(f"tokens_to_map: N={n} does not match grid {grid}")
-    return tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# block execution helpers (pure functions of a timm Block and tensors)
-# ---------------------------------------------------------------------------------------------------------
-def _check_plain_block(block: nn.Module) -> None:
-    attn = getattr(block, "attn", None)
-    if not isinstance(block, Block) or attn is None or not hasattr(attn, "qkv") or getattr(attn, "gate", None) \
-            is not None:
-        raise TypeError(f"explicit attention needs a standard timm Block/Attention, got {type(block).__name__}")
-
-
-def block_attention_probs(block: Block, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> tuple:
-    """Run a timm ``Block`` with its own weights and also return the attention probabilities.
-
-    Same computation as ``Block.forward`` (pre-norm attention + MLP, layer scale, drop path), written out so
-    the softmax weights are available (timm's fused attention hides them). Used for EViT / attention-received
-    selectors and ToMe.
-
-    Args:
-        block: a timm ``vision_transformer.Block`` with a standard ``Attention``.
-        x: (B, T, C) tokens.
-        key_mask: optional (B, T) bool, True = may be attended to (key padding mask).
-        
-    Returns:
-        (out (B, T, C), attn (B, heads, T, T) softmax weights).
+def arch_patch_size(arch: str) -> int:
+    """Patch size in pixels of an :data:`ARCHS` entry, read from its spec without building the model (the
+    ``patch_size`` kwarg, else the ``patch<P>`` part of the timm model name).
 
     Raises:
-        TypeError: for blocks other than the standard timm Block/Attention.
+        ValueError: unknown arch, or a spec that names no patch size.
     """
-    _check_plain_block(block)
-    a = block.attn
-    b, t, c = x.shape
-    h = block.norm1(x)
-    qkv = a.qkv(h).reshape(b, t, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = a.q_norm(q), a.k_norm(k)
-    logits = (q * a.scale) @ k.transpose(-2, -1)
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    attn = logits.softmax(dim=-1)
-    y = a.attn_drop(attn) @ v
-    y = y.transpose(1, 2).reshape(b, t, a.attn_dim)
-    y = a.proj_drop(a.proj(a.norm(y)))
-    x = x + block.drop_path1(block.ls1(y))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-    return x, attn
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone arch {arch!r}; choose from {sorted(ARCHS)}")
+    name, args = ARCHS[arch]
+    if "patch_size" in args:
+        return int(args["patch_size"])
+    m = re.search(r"patch(\d+)", name or "")
+    if m is None:
+        raise ValueError(f"arch {arch!r}: no patch size in its spec {ARCHS[arch]}")
+    return int(m.group(1))
 
 
-def attention_stats(attn: torch.Tensor, num_prefix: int, has_cls: bool, query_mask: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """CLS->patch attention and attention received by each patch, from (B, heads, T, T) weights.
-
-    Args:
-        attn: (B, heads, T, T) softmax weights (rows = queries).
-        num_prefix: P, prefix tokens at the start of the sequence.
-        has_cls: whether token 0 is a CLS token.
-        query_mask: optional (B, T) bool, queries to average over (padding excluded).
-
-    Returns:
-        (cls (B, T-P) or None, received (B, T-P)), both averaged over heads.
-    """
-    cls = attn[:, :, 0, num_prefix:].mean(1) if has_cls else None
-    if query_mask is None:
-        received = attn[..., num_prefix:].mean(2).mean(1)
-    else:
-        w = query_mask.to(attn.dtype)[:, None, :, None]
-        received = ((attn[..., num_prefix:] * w).sum(2) / w.sum(2).clamp_min(1)).mean(1)
-    return cls, received
-
-
-def _kept_index(keep_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices of kept tokens first (original order), per sample. Returns (idx (B, K_max), valid, counts)."""
-    counts = keep_b.sum(1)
-    kmax = int(counts.max()) if keep_b.shape[0] else 0
-    order = torch.argsort((~keep_b).to(torch.int8), dim=1, stable=True)[:, :kmax]
-    valid = torch.arange(kmax, device=keep_b.device)[None] < counts[:, None]
-    return order, valid, counts
-
-
-def run_block_masked(block: nn.Module, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
-                     want_attn: bool = False, has_cls: bool = False):
-    """Masked execution of one block (all tokens computed, pruned tokens excluded as keys, vpp-notes §6.1).
-
-    Args:
-        block: timm Block.
-        x: (B, P + N, C) tokens (prefix first).
-        keep: (B, N) float straight-through mask (forward value 0/1).
-        num_prefix: P.
-        want_attn: also return :class:`BlockAttention`.
-
-    Returns:
-        (x_new (B, P + N, C), BlockAttention or None). ``x_new = m * block(x) + (1 - m) * x`` on patches.
-    """
-    p = num_prefix
-    keep_b = keep.detach() > 0.5
-    all_kept = bool(keep_b.all())
-    key_mask = None
-    if not all_kept:
-        # a sample without any key (no prefix, nothing kept) would give NaN rows; let it attend to all tokens
-        # (its outputs are discarded by m = 0 anyway)
-        empty = ~keep_b.any(1) if p == 0 else torch.zeros_like(keep_b[:, 0])
-        key_mask = torch.cat([keep_b.new_ones(keep_b.shape[0], p), keep_b | empty[:, None]], dim=1)
-    attn_info = None
-    if want_attn:
-        y, attn = block_attention_probs(block, x, key_mask)
-        cls, rec = attention_stats(attn, p, has_cls, key_mask)
-        z = keep_b.to(rec.dtype)
-        attn_info = BlockAttention(cls=None if cls is None else cls * z, received=rec * z)
-    else:
-        y = block(x, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
-    if all_kept and not keep.requires_grad:
-        return y, attn_info
-    m = keep.to(x.dtype).unsqueeze(-1)
-    patches = m * y[:, p:] + (1 - m) * x[:, p:]
-    return torch.cat([y[:, :p], patches], dim=1), attn_info
-
-
-def run_block_gathered(block: nn.Module, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
-                       want_attn: bool = False, has_cls: bool = False, impl: str = "pad"):
-    """Gathered execution of one block: run it on the kept tokens only, scatter back (vpp-notes §6.2).
-
-    Args:
-        block: timm Block.
-        x: (B, P + N, C) tokens.
-        keep: (B, N) float mask (forward value 0/1; a straight-through gradient is kept by multiplying the
-            block output of kept tokens by ``m``, whose forward value is exactly 1). Pruned tokens are not
-            computed, so unlike masked mode their gates get no gradient: train in masked mode.
-        num_prefix: P.
-        want_attn: also return :class:`BlockAttention` (scattered back to the full grid, 0 at pruned tokens).
-        impl: ``"pad"`` (pad to the largest kept count, key-padding mask), ``"loop"`` (one sample at a time) or
-            ``"auto"`` (``"pad"`` when every sample keeps the same count, so no padding is needed, else ``"loop"``).
-
-    Returns:
-        (x_new (B, P + N, C), BlockAttention or None).
-
-    Raises:
-        ValueError: on an unknown ``impl``.
-    """
-    p = num_prefix
-    bsz, t, c = x.shape
-    keep_b = keep.detach() > 0.5
-    if bool(keep_b.all()) and not keep.requires_grad:
-        return run_block_masked(block, x, keep, p, want_attn, has_cls)
-    if impl not in GATHER_IMPLS:
-        raise ValueError(f"gather_impl must be one of {GATHER_IMPLS}, got {impl!r}")
-    if impl == "auto":      # equal kept counts: one batched call without padding; else per-sample loop
-        counts = keep_b.sum(1)
-        impl = "pad" if bool((counts == counts[0]).all()) else "loop"
-    if impl == "loop":
-        return _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls)
-    idx, valid, counts = _kept_index(keep_b)
-    patches = x[:, p:]
-    gidx = idx.unsqueeze(-1).expand(-1, -1, c)
-    g = patches.gather(1, gidx)                                            # (B, K_max, C)
-    seq = torch.cat([x[:, :p], g], dim=1)
-    key_mask = None
-    if not bool(valid.all()) or (p == 0 and bool((counts == 0).any())):
-        empty = (counts == 0) if p == 0 else torch.zeros_like(counts, dtype=torch.bool)
-        key_mask = torch.cat([valid.new_ones(bsz, p), valid | empty[:, None]], dim=1)
-    attn_info = None
-    if want_attn:
-        y, attn = block_attention_probs(block, seq, key_mask)
-        cls, rec = attention_stats(attn, p, has_cls, key_mask)
-        vz = valid.to(rec.dtype)
-        rec_full = rec.new_zeros(bsz, t - p).scatter(1, idx, rec * vz)
-        cls_full = None if cls is None else cls.new_zeros(bsz, t - p).scatter(1, idx, cls * vz)
-        attn_info = BlockAttention(cls=cls_full, received=rec_full)
-    else:
-        y = block(seq, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
-    # 1 at kept, 0 at padding; padding gets no gate gradient (gathered mode: gradient through kept tokens only)
-    m = (keep.to(x.dtype).gather(1, idx) * valid.to(x.dtype)).unsqueeze(-1)
-    yp = m * y[:, p:] + (1 - m) * g
-    new_patches = patches.scatter(1, gidx, yp)
-    return torch.cat([y[:, :p], new_patches], dim=1), attn_info
-
-
-def _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls):
-    outs, clss, recs = [], [], []
-    for i in range(x.shape[0]):
-        idx = keep_b[i].nonzero(as_tuple=True)[0]
-        xi = x[i:i + 1]
-        if idx.numel() == 0 and p == 0:
-            outs.append(xi)
-            recs.append(x.new_zeros(1, x.shape[1]))
-            clss.append(None)
-            continue
-        seq = torch.cat([xi[:, :p], xi[:, p:].index_select(1, idx)], dim=1)
-        if want_attn:
-            y, attn = block_attention_probs(block, seq)
-            cls, rec = attention_stats(attn, p, has_cls)
-            n = x.shape[1] - p
-            recs.append(rec.new_zeros(1, n).index_copy(1, idx, rec))
-            clss.append(None if cls is None else cls.new_zeros(1, n).index_copy(1, idx, cls))
-        else:
-            y = block(seq)
-        m = keep[i:i + 1, idx].to(x.dtype).unsqueeze(-1)
-        yp = m * y[:, p:] + (1 - m) * seq[:, p:]
-        outs.append(torch.cat([y[:, :p], xi[:, p:].index_copy(1, idx, yp)], dim=1))
-    attn_info = None
-    if want_attn:
-        attn_info = BlockAttention(cls=None if not has_cls else torch.cat(clss, 0), received=torch.cat(recs, 0))
-    return torch.cat(outs, 0), attn_info
+def patch_grid(arch: str, img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Patch grid (H_p, W_p) = (H // P, W // P) of ``arch`` at input ``img_size`` (int or (H, W)), without building
+    the model; the same as ``build_backbone(arch, img_size).grid_for(H, W)``."""
+    h, w = img_size_hw(img_size)
+    p = arch_patch_size(arch)
+    return h // p, w // p
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,6 +207,53 @@ class PrunableViT(nn.Module):
         x = v.norm_pre(x)
         return x, grid
 
+    def _mode(self, execution: str | None) -> str:
+        mode = execution or ("masked" if self.training else "gathered")
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {mode!r}")
+        if self.pruner.merges_tokens and mode == "masked":
+            raise ValueError(f"{type(self.pruner).__name__} merges tokens and has no masked execution; "
+                             "use execution='gathered'")
+        return mode
+
+    def _run_blocks(self, images: torch.Tensor, state: Any, mode: str, keep_features: bool,
+                    last_block: int | None = None):
+        """Embed and run blocks 0..``last_block`` (default all) under the pruner.
+
+        Returns:
+            (x (B, P + N, C) after the last block run, before the final norm; grid; pruner context; list of the
+            (B, N) bool masks in force at each block run; features x_0 .. x_{last+1} as (B, P + N, C) tensors when
+            ``keep_features``, else None).
+        """
+        x, grid = self.embed(images)
+        p = self.num_prefix_tokens
+        ctx = self.pruner.begin(x[:, p:], grid, state)
+        keep = x.new_ones(x.shape[0], x.shape[1] - p)
+        feats = [x] if keep_features else None
+        masks = []
+        blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
+        for b, blk in enumerate(blocks):
+            keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
+            masks.append(keep.detach() > 0.5)
+            want = b in self.pruner.needs_attention
+            if mode == "masked":
+                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
+            else:
+                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
+            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+            if feats is not None:
+                feats.append(x)
+        return x, grid, ctx, masks, feats
+
+    def _output(self, x: torch.Tensor, grid, ctx, masks: list, mode: str, inter) -> BackboneOutput:
+        p = self.num_prefix_tokens
+        x = self.vit.norm(x)
+        next_state, aux_loss, overhead = self.pruner.finish(ctx)
+        record = KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead, method=self.pruner.name,
+                                       execution=mode, **self.pruner.extra_meta())
+        return BackboneOutput(tokens=x[:, p:], grid=grid, prefix=x[:, :p], intermediates=inter, keep=record,
+                              state=next_state, aux_loss=aux_loss.to(x.device))
+
     def forward(self, images: torch.Tensor, state: Any = None, *, execution: str | None = None,
                 return_intermediates: bool = False) -> BackboneOutput:
         """Run the backbone with the pruner's keep masks.
@@ -432,37 +270,78 @@ class PrunableViT(nn.Module):
         Raises:
             ValueError: unknown execution mode, bad image shape, or masked mode with a merging pruner.
         """
-        mode = execution or ("masked" if self.training else "gathered")
-        if mode not in EXECUTION_MODES:
-            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {mode!r}")
+        mode = self._mode(execution)
         if self.pruner.merges_tokens:
-            if mode == "masked":
-                raise ValueError(f"{type(self.pruner).__name__} merges tokens and has no masked execution; "
-                                 "use execution='gathered'")
             return self.pruner.merge_forward(self, images, state, return_intermediates=return_intermediates)
-        x, grid = self.embed(images)
+        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates)
         p = self.num_prefix_tokens
-        ctx = self.pruner.begin(x[:, p:], grid, state)
-        keep = x.new_ones(x.shape[0], x.shape[1] - p)
-        inter = [x[:, p:]] if return_intermediates else None
-        masks = []
-        for b, blk in enumerate(self.vit.blocks):
-            keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
-            masks.append(keep.detach() > 0.5)
-            want = b in self.pruner.needs_attention
-            if mode == "masked":
-                x, attn = run_block_masked(blk, x, keep, p, want, self.has_cls)
-            else:
-                x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
-            self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
-            if inter is not None:
-                inter.append(x[:, p:])
-        x = self.vit.norm(x)
-        next_state, aux_loss, overhead = self.pruner.finish(ctx)
-        record = KeepRecord.from_masks(torch.stack(masks, 1), grid, overhead, method=self.pruner.name,
-                                       execution=mode, **self.pruner.extra_meta())
-        return BackboneOutput(tokens=x[:, p:], grid=grid, prefix=x[:, :p], intermediates=inter, keep=record,
-                              state=next_state, aux_loss=aux_loss.to(x.device))
+        inter = [f[:, p:] for f in feats] if feats is not None else None
+        return self._output(x, grid, ctx, masks, mode, inter)
+
+    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              *, state: Any = None, stop_early: bool = False, return_prefix_tokens: bool = False,
+                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False):
+        """Features x_i of chosen layers, in the manner of timm's ``VisionTransformer.forward_intermediates``.
+
+        Feature indices follow :attr:`BackboneOutput.intermediates` (x_0 = patch + position embedding, x_i = output
+        of block i-1, i = 0..depth), not timm's block indices (timm's index i is our x_{i+1}); the features are the
+        same tensors as ``forward(..., return_intermediates=True).intermediates[i]``.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+            indices: None = all of x_0 .. x_depth; an int n = the last n features; a list = those feature indices
+                (returned in ascending order, each once).
+            state: the pruner's state (as :meth:`forward`; e.g. the (B, depth, N) keep masks of an
+                :class:`~vppkit.models.pruning.base.ExternalMaskPruner`).
+            stop_early: run only the blocks the requested features need (x_i needs blocks 0..i-1); later blocks are
+                not run, and the final output is then None. Merging pruners (ToMe) always run every block.
+            return_prefix_tokens: each feature is (patches (B, N, C), prefix (B, P, C)) instead of patches only.
+            norm: apply the backbone's final norm to each feature (timm's ``norm=True``).
+            execution: as :meth:`forward`.
+            intermediates_only: return only the list of features.
+
+        Returns:
+            features (list, one per requested index, ascending) when ``intermediates_only``; else
+            (:class:`BackboneOutput` of the full forward, or None when ``stop_early`` skipped blocks, features).
+
+        Raises:
+            ValueError: an index outside [0, depth] or an int outside [1, depth + 1]; errors of :meth:`forward`.
+        """
+        n_feat = self.depth + 1
+        if indices is None:
+            idx = list(range(n_feat))
+        elif isinstance(indices, int):
+            if not 1 <= indices <= n_feat:
+                raise ValueError(f"forward_intermediates: the last n features need 1 <= n <= {n_feat}, got {indices}")
+            idx = list(range(n_feat - indices, n_feat))
+        else:
+            idx = sorted({int(i) for i in indices})
+            bad = [i for i in idx if not 0 <= i < n_feat]
+            if bad or not idx:
+                raise ValueError(f"forward_intermediates: feature indices must lie in [0, {self.depth}], got "
+                                 f"{list(indices)}")
+        mode = self._mode(execution)
+        p = self.num_prefix_tokens
+        out = None
+        if self.pruner.merges_tokens:
+            out = self.pruner.merge_forward(self, images, state, return_intermediates=True)
+            picked = [(out.intermediates[i], None) for i in idx]
+            if return_prefix_tokens or norm:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: its intermediates have no prefix "
+                                 "tokens to return or normalise")
+        else:
+            last = max(idx) - 1 if stop_early else None          # x_i is the output of block i - 1
+            x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, True,
+                                                          None if last is None or last >= self.depth - 1
+                                                          else max(last, -1))
+            if len(masks) == self.depth:
+                out = self._output(x, grid, ctx, masks, mode, None)
+            picked = []
+            for i in idx:
+                f = self.vit.norm(feats[i]) if norm else feats[i]
+                picked.append((f[:, p:], f[:, :p]))
+        result = [pair if return_prefix_tokens else pair[0] for pair in picked]
+        return result if intermediates_only else (out, result)
 
     def feature_map(self, images: torch.Tensor, state: Any = None, **kw) -> torch.Tensor:
         """Final tokens as (B, C, H_p, W_p) (drops state / records; see :meth:`forward`)."""

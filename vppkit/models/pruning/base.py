@@ -29,34 +29,68 @@ How the methods fit:
 - EViT / attention-received selectors: ``needs_attention`` names the blocks whose attention the backbone must
   compute; it arrives as :class:`BlockAttention` in ``after_block`` and drives the next ``before_block``.
 - ToMe: ``merges_tokens = True``; the backbone runs its merging loop instead (see ``tome.py``).
+
+Every pruner also owns its **nominal schedule**, :meth:`Pruner.nominal_counts`: the patch tokens each block
+processes when the method meets its keep targets exactly. The FLOPs counter (``vppkit.flops.analytic``), the
+speed benchmark (``vppkit.bench``) and the selector study derive their schedules from it, never from a copy of
+the rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from vppkit.models.records import BlockAttention
 
-@dataclass
-class BlockAttention:
-    """Attention statistics of one block, on the full patch grid (0 at tokens that did not take part).
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """Nominal patch tokens (prefix excluded) that each block of the backbone processes.
 
     Attributes:
-        cls: (B, N) attention from the CLS token to each patch token, mean over heads; ``None`` when the
-            backbone has no CLS token.
-        received: (B, N) attention each patch token receives, mean over the block's (kept) query tokens,
-            prefix queries included, then over heads (VisPruner's SigLIP path, evtp-notes).
+        num_patches: N, patch tokens of the full grid.
+        attn: per block (0-based), patch tokens entering the attention part.
+        mlp: per block, patch tokens entering the MLP; differs from ``attn`` only for methods that change the
+            count inside a block (ToMe merges between attention and MLP; the official EViT prunes there).
+
+    Counts are exact integers for methods with a fixed inference count (Map-SM top-k, DynamicViT, EViT, ToMe)
+    and expected counts ``N * target`` (possibly fractional) for methods whose count is dynamic (VPP's SMs,
+    SViT's gates).
+
+    Raises:
+        ValueError: ``attn`` and ``mlp`` differ in length, or a count lies outside [0, N + 1] (N + 1: the
+            official EViT's fused token).
     """
 
-    cls: torch.Tensor | None
-    received: torch.Tensor
+    num_patches: int
+    attn: tuple[float, ...]
+    mlp: tuple[float, ...]
 
-    def score(self) -> torch.Tensor:
-        """CLS attention when available, else the attention received (EViT's rule, evtp-notes). (B, N)."""
-        return self.cls if self.cls is not None else self.received
+    def __post_init__(self) -> None:
+        if len(self.attn) != len(self.mlp):
+            raise ValueError(f"BlockCounts: attn has {len(self.attn)} blocks, mlp {len(self.mlp)}")
+        bad = [b for b, v in enumerate((*self.attn, *self.mlp)) if not 0 <= v <= self.num_patches + 1]
+        if bad:
+            raise ValueError(f"BlockCounts: counts out of [0, N + 1] (N={self.num_patches}) at positions {bad}")
+
+    @classmethod
+    def per_block(cls, num_patches: int, counts: Sequence[float]) -> "BlockCounts":
+        """Counts of a method that prunes between blocks (attention and MLP of a block see the same tokens)."""
+        counts = tuple(counts)
+        return cls(int(num_patches), counts, counts)
+
+    @property
+    def depth(self) -> int:
+        return len(self.attn)
+
+    @property
+    def pkr(self) -> float:
+        """Nominal PKR (fraction): mean over blocks of ``attn / N``."""
+        return sum(self.attn) / (self.depth * self.num_patches)
 
 
 @dataclass
@@ -168,6 +202,24 @@ class Pruner(nn.Module):
         """Extra information for ``KeepRecord.meta`` (keep targets, ratios, ...)."""
         return {}
 
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """Patch tokens each block processes when the method meets its keep targets exactly.
+
+        The base class (and :class:`DensePruner`) prunes nothing: N at every block. Each method overrides this
+        with its own rule (the one its ``before_block`` follows at inference).
+
+        Args:
+            num_patches: N, patch tokens of the grid.
+            depth: number of blocks of the backbone.
+
+        Returns:
+            :class:`BlockCounts` with ``depth`` blocks.
+
+        Raises:
+            ValueError: ``depth`` does not fit the method's layout (e.g. a gate after the last block).
+        """
+        return BlockCounts.per_block(num_patches, [num_patches] * depth)
+
 
 class DensePruner(Pruner):
     """No pruning: every block processes all patch tokens. Used when ``PrunableViT(pruner=None)``."""
@@ -209,6 +261,66 @@ class ExternalMaskPruner(Pruner):
     def finish(self, ctx: PruneContext):
         _, loss, overhead = super().finish(ctx)
         return ctx.state, loss, overhead
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """Raises ValueError: the schedule is whatever masks are passed in (no nominal schedule of its own)."""
+        raise ValueError("ExternalMaskPruner has no nominal schedule: its keep masks are given through `state`")
+
+
+class ForcedSchedulePruner(Pruner):
+    """Runs a real pruner's modules through the Pruner protocol but imposes given keep masks.
+
+    Every hook of ``inner`` is called (so its gates, Map-SM association, attention requests and temporal state
+    cost what they cost at inference), then the keep mask returned to the backbone is ``masks[:, b]``: the
+    kept-token schedule is exactly the given one even for untrained gates (the speed benchmark's ``real``
+    rows, ``vppkit.bench``). Composition through the public protocol; ``inner`` is not modified.
+
+    Args:
+        inner: the real pruner (eval mode, deterministic).
+        masks: (B, depth, N) bool keep masks in force at each block (e.g. ``vppkit.bench.specs.nominal_masks``).
+
+    Raises:
+        ValueError: (in ``begin``) when ``masks`` do not fit the batch or N of the forward.
+    """
+
+    def __init__(self, inner: Pruner, masks: torch.Tensor) -> None:
+        super().__init__(inference_noise=inner.inference_noise)
+        self.inner = inner
+        self.masks = masks
+        self.name = f"{inner.name}+forced"
+        self.needs_attention = inner.needs_attention
+
+    def begin(self, x0: torch.Tensor, grid: tuple[int, int], state: Any = None) -> PruneContext:
+        ctx = self.inner.begin(x0, grid, state)
+        if self.masks.shape[0] != ctx.batch or self.masks.shape[2] != ctx.num_patches:
+            raise ValueError(f"ForcedSchedulePruner: masks {tuple(self.masks.shape)} do not fit batch {ctx.batch}, "
+                             f"N={ctx.num_patches}")
+        return ctx
+
+    def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
+        self.inner.before_block(b, x, keep, ctx)          # the module runs; its decision is replaced
+        return self.masks[:, b].to(x.dtype)
+
+    def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
+                    attn: BlockAttention | None = None) -> None:
+        self.inner.after_block(b, x, keep, ctx, attn)
+
+    def finish(self, ctx: PruneContext):
+        return self.inner.finish(ctx)
+
+    def extra_meta(self) -> dict:
+        return {"forced_schedule": True, **self.inner.extra_meta()}
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """The imposed masks' kept counts per block (mean over the batch).
+
+        Raises:
+            ValueError: ``num_patches`` / ``depth`` differ from the masks' (B, depth, N) shape.
+        """
+        if tuple(self.masks.shape[1:]) != (depth, num_patches):
+            raise ValueError(f"ForcedSchedulePruner: masks {tuple(self.masks.shape)} are not (B, {depth}, "
+                             f"{num_patches})")
+        return BlockCounts.per_block(num_patches, self.masks.sum(-1).double().mean(0).tolist())
 
 
 def linear_macs(tokens: int, in_features: int, out_features: int) -> float:

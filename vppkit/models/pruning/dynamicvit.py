@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vppkit.models.pruning.base import PruneContext, Pruner, linear_macs
+from vppkit.models.pruning.base import BlockCounts, PruneContext, Pruner, linear_macs
 from vppkit.models.pruning.gumbel import keep_from_logprobs, sample_gumbel, topk_mask
 
 
@@ -99,8 +99,24 @@ class DynamicViTPruner(Pruner):
         self.predictors = nn.ModuleList(DynamicViTPredictor(dim) for _ in self.blocks)
 
     def keep_count(self, stage: int, num_patches: int) -> int:
-        """Fixed inference count of stage ``stage``: floor(N * ratio)."""
+        """Fixed inference count of stage ``stage`` (0-based): ``floor(N * ratio)`` (DynamicViT's ``int(N * r)``)."""
         return int(math.floor(num_patches * self.ratios[stage] + 1e-9))
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """N before the first predictor, then :meth:`keep_count` of the latest stage (exact at inference).
+
+        E.g. N = 144, rho = 0.7: ``[144] * 3 + [100] * 3 + [70] * 3 + [49] * 3``.
+
+        Raises:
+            ValueError: a predictor block at or beyond ``depth``.
+        """
+        if self.blocks[-1] >= depth:
+            raise ValueError(f"DynamicViT predictor before block {self.blocks[-1]} does not fit depth {depth}")
+        counts = []
+        for b in range(depth):
+            stage = sum(1 for loc in self.blocks if b >= loc)
+            counts.append(num_patches if stage == 0 else self.keep_count(stage - 1, num_patches))
+        return BlockCounts.per_block(num_patches, counts)
 
     def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
         if b not in self.blocks:

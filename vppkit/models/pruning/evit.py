@@ -14,16 +14,70 @@ Integration into :class:`~vppkit.models.vit.PrunableViT` (:class:`EViTPruner`), 
   for the original token-sequence form.
 - Masks are cumulative; stage s keeps ``ceil(keep_rate * K_{s-1})`` of the previously kept tokens (EViT's
   rounding), the same count for every sample. No learned parameters, no sparsity loss.
+
+Token counts (:func:`evit_counts`, one rule for both forms): the official EViT (``evit.py``, ``--fuse_token``,
+the setting of its published DeiT-S numbers) keeps ``left = ceil(keep_rate * (N_total - 1))`` of the non-CLS
+tokens *inside* block b (attention on all, MLP on the kept) and appends the fused token, which takes part in
+the next stage's selection: K_s = ceil(rate * K_{s-1}) + 1. vppkit's :class:`EViTPruner` has no fused token
+and prunes before the block: K_s = ceil(rate * K_{s-1}) for the whole block. :meth:`EViTPruner.nominal_counts`
+gives the latter (what the backbone runs and the benchmark times); the FLOPs counter's ``evit`` method
+(``vppkit.flops.analytic.method_schedule``) reports the former, to compare with EViT's published GFLOPs.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
 
-from vppkit.models.pruning.base import BlockAttention, PruneContext, Pruner
+from vppkit.models.pruning.base import BlockCounts, PruneContext, Pruner
 from vppkit.models.pruning.gumbel import topk_mask
+from vppkit.models.records import BlockAttention
+
+EVIT_BLOCKS = (3, 6, 9)
+"""0-based blocks where EViT prunes (DeiT-S/B: 4th, 7th and 10th layer)."""
+EVIT_KEEP_RATE = 0.7
+"""EViT's default keep rate (DeiT-S, 79.5 % top-1 at ~3.0 GFLOPs)."""
+
+
+def evit_counts(num_patches: int, depth: int, keep_rates: Mapping[int, float], *, fused_token: bool = False,
+                inside_block: bool = False) -> BlockCounts:
+    """EViT's token counts per block: stage b keeps ``ceil(rate_b * K)`` of the K non-CLS tokens entering it.
+
+    Args:
+        num_patches: N.
+        depth: number of blocks.
+        keep_rates: {0-based block: keep rate in (0, 1]}.
+        fused_token: append the fused inattentive token after each stage that drops a token (official EViT
+            with ``--fuse_token``); it counts as a non-CLS token of the next stage.
+        inside_block: prune between attention and MLP of block b (official EViT: ``attn[b]`` = tokens before,
+            ``mlp[b]`` = after); False: the whole block runs on the kept tokens (:class:`EViTPruner`).
+
+    Returns:
+        :class:`BlockCounts`; e.g. N = 196, rate 0.7 at (3, 6, 9), official: attn ``196 x 4, 139 x 3, 99 x 3,
+        71 x 2``, mlp from block 3 ``139, 99, 71`` (138 + 1, 98 + 1, 70 + 1).
+
+    Raises:
+        ValueError: a block outside [1, depth) or a rate outside (0, 1].
+
+    Source: official ``evit.py`` (``left_tokens = math.ceil(keep_rate * (N - 1))``; no pruning, hence no fused
+    token, when that keeps every token); the 1e-9 guard against float round-off is vppkit's (as the pruner).
+    """
+    rates = {int(b): float(r) for b, r in keep_rates.items()}
+    for b, r in rates.items():
+        if not 1 <= b < depth or not 0 < r <= 1:
+            raise ValueError(f"EViT keep rate {r} at block {b}: blocks must lie in [1, {depth}), rates in (0, 1]")
+    attn, mlp, k = [], [], num_patches
+    for b in range(depth):
+        before = k
+        if b in rates:
+            left = int(math.ceil(k * rates[b] - 1e-9))
+            if left < k:
+                k = left + (1 if fused_token else 0)
+        attn.append(before if inside_block else k)
+        mlp.append(k)
+    return BlockCounts(num_patches, tuple(attn), tuple(mlp))
 
 
 def evit_topk_fuse(x: torch.Tensor, scores: torch.Tensor, k: int, fuse: bool = True
@@ -64,7 +118,8 @@ class EViTPruner(Pruner):
     """EViT-style attentive top-k at given blocks, cumulative (see module docstring for approximations).
 
     Args:
-        keep_rates: {0-based block: keep rate of the previously kept tokens}; default {3: .7, 6: .7, 9: .7}.
+        keep_rates: {0-based block: keep rate of the previously kept tokens}; default :data:`EVIT_KEEP_RATE` at
+            each of :data:`EVIT_BLOCKS` ({3: .7, 6: .7, 9: .7}).
 
     Raises:
         ValueError: a block < 1 (needs the attention of the block before) or a rate outside (0, 1].
@@ -74,7 +129,7 @@ class EViTPruner(Pruner):
 
     def __init__(self, keep_rates: Mapping[int, float] | None = None) -> None:
         super().__init__(inference_noise=False)
-        rates = dict(keep_rates) if keep_rates is not None else {3: 0.7, 6: 0.7, 9: 0.7}
+        rates = dict(keep_rates) if keep_rates is not None else {b: EVIT_KEEP_RATE for b in EVIT_BLOCKS}
         for b, r in rates.items():
             if int(b) < 1 or not 0 < float(r) <= 1:
                 raise ValueError(f"EViT keep rate {r} at block {b}: blocks must be >= 1 and rates in (0, 1]")
@@ -98,3 +153,13 @@ class EViTPruner(Pruner):
 
     def extra_meta(self) -> dict:
         return {"keep_rates": dict(self.keep_rates), "fused_token": False}
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """Kept tokens per block as this pruner runs them (no fused token, whole block on the kept tokens):
+        :func:`evit_counts` with its defaults; exact. E.g. N = 144, rate 0.7: ``[144] * 3 + [101] * 3 +
+        [71] * 3 + [50] * 3``.
+
+        Raises:
+            ValueError: a pruning block at or beyond ``depth``.
+        """
+        return evit_counts(num_patches, depth, self.keep_rates)

@@ -111,6 +111,37 @@ class VPPSchedule:
                 fractions[b] = value
         return fractions
 
+    def block_counts(self, num_patches: int, first_frame: bool = False) -> list[float]:
+        """Nominal patch tokens each block processes, blocks 0..depth-1 (:meth:`VPPPruner.nominal_counts`).
+
+        Block 0 and the blocks before ``map_block``: N. Map-SM blocks (non-first frame): exactly
+        ``floor(N m)`` (:func:`keep_count`, Map-SM's top-k; N on the first frame). From the first SM on:
+        the expected count ``N * m * rho**i`` (the SMs' count is dynamic; the target is a fraction of all N),
+        possibly fractional.
+
+        Args:
+            num_patches: N.
+            first_frame: True for the first frame of a video (no Map-SM).
+
+        Returns:
+            ``depth`` counts, e.g. N = 144 with ``pkr55`` (m = 0.7, rho = 0.8):
+            ``[144, 100, 100, 80.64, 80.64, 80.64, 64.512, ..., 51.6096, ...]``.
+
+        Raises:
+            ValueError: ``floor(N m) < 1``.
+        """
+        n = float(num_patches)
+        map_k = n if first_frame else float(keep_count(num_patches, self.m))
+        counts = []
+        for b, f in enumerate(self.block_keep_fractions(first_frame)):
+            if b < self.map_block:
+                counts.append(n)
+            elif b < self.sm_blocks[0]:
+                counts.append(map_k)
+            else:
+                counts.append(num_patches * f)
+        return counts
+
     def nominal_pkr(self, first_frame: bool = False) -> float:
         """PKR (fraction, not %) when every target is met exactly: mean of :meth:`block_keep_fractions`."""
         fr = self.block_keep_fractions(first_frame)

@@ -21,7 +21,7 @@ import torch
 from scipy.optimize import brentq
 from torch import nn
 
-from vppkit.models.pruning.base import PruneContext, Pruner, linear_macs
+from vppkit.models.pruning.base import BlockCounts, PruneContext, Pruner, linear_macs
 from vppkit.models.pruning.gumbel import keep_from_logprobs
 
 SVIT_DEFAULT_TARGETS = (0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343)
@@ -31,6 +31,21 @@ def svit_nominal_pkr(targets: Sequence[float], depth: int = 12) -> float:
     """Nominal PKR (12-block mean of kept fractions, dense blocks = 1) when every gate meets its target."""
     dense = depth - len(targets)
     return (dense + sum(targets)) / depth
+
+
+def svit_stage_targets(rho: float, dense_blocks: int = 3, depth: int = 12, stage_len: int = 3) -> list[float]:
+    """Keep targets rho^s for the gated blocks ``dense_blocks .. depth-1``, stage s = 1, 2, ... of ``stage_len``
+    blocks (vpp-notes §10.1; rho = 0.7 gives :data:`SVIT_DEFAULT_TARGETS`).
+
+    Raises:
+        ValueError: the gated blocks do not split into stages of ``stage_len``, or rho outside (0, 1].
+    """
+    n_gated = depth - dense_blocks
+    if n_gated % stage_len:
+        raise ValueError(f"{n_gated} gated blocks do not split into stages of {stage_len}")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"SViT rho must lie in (0, 1], got {rho}")
+    return [rho ** s for s in range(1, n_gated // stage_len + 1) for _ in range(stage_len)]
 
 
 def svit_targets_for_pkr(pkr: float, dense_blocks: int = 3, depth: int = 12, stage_len: int = 3
@@ -58,8 +73,7 @@ def svit_targets_for_pkr(pkr: float, dense_blocks: int = 3, depth: int = 12, sta
         return (dense_blocks + stage_len * sum(rho ** s for s in range(1, stages + 1))) / depth - pkr
 
     rho = 1.0 if pkr == 1.0 else brentq(f, 1e-9, 1.0, xtol=1e-12)
-    targets = [rho ** s for s in range(1, stages + 1) for _ in range(stage_len)]
-    return targets, float(rho)
+    return svit_stage_targets(rho, dense_blocks, depth, stage_len), float(rho)
 
 
 class TokenGate(nn.Module):
@@ -125,6 +139,19 @@ class SViTPruner(Pruner):
     def gated_blocks(self) -> list[int]:
         """0-based blocks with a gate (3..11 by default)."""
         return list(range(self.first_gated, self.depth))
+
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """N at the dense blocks, the expected count ``N * target`` at each gated block (the real count is
+        dynamic per image), e.g. N = 144 with the default targets: ``[144] * 3 + [100.8] * 3 + [70.56] * 3 +
+        [49.392] * 3``.
+
+        Raises:
+            ValueError: ``depth`` differs from the pruner's.
+        """
+        if depth != self.depth:
+            raise ValueError(f"SViTPruner built for {self.depth} blocks, the backbone has {depth}")
+        return BlockCounts.per_block(num_patches, [num_patches] * self.first_gated
+                                     + [num_patches * t for t in self.targets])
 
     def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
         if b < self.first_gated:

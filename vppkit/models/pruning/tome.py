@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vppkit.models.pruning.base import Pruner
+from vppkit.models.blocks import check_plain_block
+from vppkit.models.pruning.base import BlockCounts, Pruner
+from vppkit.models.records import BackboneOutput, KeepRecord
 
 
 def _identity(x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
@@ -125,8 +127,7 @@ def tome_block(block: nn.Module, x: torch.Tensor, size: torch.Tensor, source: to
     Returns:
         (x, size, source, pos) after the block.
     """
-    from vppkit.models.vit import _check_plain_block
-    _check_plain_block(block)
+    check_plain_block(block)
     a = block.attn
     p = num_prefix
     bsz, t, c = x.shape
@@ -174,11 +175,27 @@ class ToMePruner(Pruner):
         self.r = sched
         self.prop_attn = prop_attn
 
+    def nominal_counts(self, num_patches: int, depth: int) -> BlockCounts:
+        """Patch tokens entering each block's attention (``attn``) and MLP (``mlp``), exact.
+
+        Block b merges ``r_b' = min(r_b, n_b // 2)`` of the ``n_b`` patch tokens entering it, between its
+        attention and its MLP (the rule of :meth:`merge_forward`; prefix tokens are never merged): ``attn[b] =
+        n_b``, ``mlp[b] = n_{b+1} = n_b - r_b'``. E.g. N = 144, r = 13: attn ``144, 131, 118, ...``.
+
+        Raises:
+            ValueError: ``depth`` differs from the length of the r schedule.
+        """
+        if depth != len(self.r):
+            raise ValueError(f"ToMePruner has an r schedule of {len(self.r)} blocks, the backbone has {depth}")
+        attn, mlp, n = [], [], num_patches
+        for r in self.r:
+            attn.append(n)
+            n -= min(r, n // 2)
+            mlp.append(n)
+        return BlockCounts(num_patches, tuple(attn), tuple(mlp))
+
     def merge_forward(self, backbone, images: torch.Tensor, state: Any = None, *, return_intermediates: bool = False):
         """Run ``backbone`` (a PrunableViT) with merging; returns a ``BackboneOutput`` on the full grid."""
-        from vppkit.models.records import KeepRecord
-        from vppkit.models.vit import BackboneOutput
-
         x, grid = backbone.embed(images)
         p = backbone.num_prefix_tokens
         bsz, t, _ = x.shape

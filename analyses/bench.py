@@ -1,0 +1,162 @@
+"""The speed benchmark's report: Markdown of a :func:`vppkit.bench.run_suite` result (``reports/bench.md``,
+``vppkit bench``), and its renderer for ``make bench`` (:func:`bench_report`, registered in
+:data:`analyses.tables.TABLES`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vppkit.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["render_markdown", "write_report", "bench_report"]
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def render_markdown(result: dict) -> str:
+    """The human report (Markdown) of a :func:`run_suite` result."""
+    h = result["header"]
+    lines = ["# Speed benchmark: dense vs pruned ViT (gathered execution)", "",
+             f"- profile: `{h.get('profile')}`, commit `{h.get('commit')}`, time {h.get('time_utc')}, "
+             f"host `{h.get('host')}`",
+             f"- device: {h.get('device')}{' (' + h['gpu'] + ')' if h.get('gpu') else ''}, torch {h.get('torch')}, "
+             f"threads {h.get('threads')} (cpu_count {h.get('cpu_count')}, OMP_NUM_THREADS={h.get('omp_num_threads')})",
+             f"- load average (1/5/15 min) at start {h.get('loadavg_start')}, at end {h.get('loadavg_end')}: "
+             "the machine was shared, timings are noisy when the load exceeds the core count",
+             f"- inference: {h.get('inference')}; benchmark wall time {h.get('seconds')} s", "",
+             "How to read: `schedule` rows run the method's **nominal keep schedule** through "
+             "`ExternalMaskPruner` (random masks with exactly the nominal per-block counts; no pruner module runs, "
+             "no overhead in time or GMACs). `real` rows run the method's **real pruner modules** (VPP: Map-SM "
+             "N x N association on the previous frame's state + 3 SMs; SViT: 9 gates; DynamicViT: 3 predictors; "
+             "EViT: explicit attention maps; ToMe: matching); VPP's SMs and SViT's gates are untrained, so their "
+             "decisions are replaced by the nominal-count masks after they run (time and GMACs include them). "
+             "ms/frame = median over timed repeats of one batched forward / batch (warm-up excluded, inputs "
+             "pre-built). GMACs per frame from `vppkit.flops.analytic` on the realised counts (+ pruner overhead "
+             "for `real`; + VIS head measured with the torch counter for `whole`). measured = dense ms / ms; "
+             "ideal = dense GMACs / GMACs; r/i = measured / ideal. Realised PKR = mean over the 12 blocks of the "
+             "kept fraction in the timed forward (VPP: a non-first frame).", ""]
+    for m in result["models"]:
+        c = m["case"]
+        lines += [f"## {c['label']}", "",
+                  f"arch `{c['arch']}`, input {c['img_size'][0]}x{c['img_size'][1]}, grid {m['grid'][0]}x"
+                  f"{m['grid'][1]} (N = {m['num_patches']}), repeats {c['repeats']} "
+                  f"{('(per batch ' + str(c['repeats_by_batch']) + ')') if c.get('repeats_by_batch') else ''}, "
+                  f"warm-up {c['warmup']}" + (f"; VIS head {m['head']}, {_f(m['head_GMACs'], 3)} GMACs/frame"
+                                              if m.get("head") else ""), ""]
+        batches = sorted({r["batch"] for r in m["rows"]})
+        for part in [p for p in ("backbone", "whole") if any(r["part"] == p for r in m["rows"])]:
+            lines.append(f"**{part}**" + (" (backbone + VIS head)" if part == "whole" else " only"))
+            lines.append("")
+            hdr = ["method", "variant", "goal PKR", "realised PKR", "GMACs/frame (overhead)"]
+            for b in batches:
+                hdr += [f"ms/frame b{b}", f"measured b{b}", f"ideal b{b}", f"r/i b{b}"]
+            lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+            keys = list(dict.fromkeys((r["method"], r["variant"]) for r in m["rows"] if r["part"] == part))
+            for name, variant in keys:
+                rs = {r["batch"]: r for r in m["rows"] if r["part"] == part and r["method"] == name
+                      and r["variant"] == variant}
+                r0 = rs[batches[0]] if batches[0] in rs else next(iter(rs.values()))
+                cells = [name, variant, f"{100 * r0['goal_pkr']:.1f} %", f"{100 * r0['realised_pkr']:.1f} %",
+                         f"{r0['GMACs']:.3f} ({r0['overhead_GMACs']:.3f})"]
+                for b in batches:
+                    r = rs.get(b)
+                    cells += ["–"] * 4 if r is None else [_f(r["ms_per_frame"], 1), _f(r.get("speedup_measured")),
+                                                         _f(r.get("speedup_ideal")), _f(r.get("realized_over_ideal"))]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += _render_targets(result)
+    if result.get("breakdown"):
+        lines += _render_breakdown(result["breakdown"])
+    if result.get("memory"):
+        lines += _render_memory(result["memory"])
+    return "\n".join(lines) + "\n"
+
+
+def _render_targets(result: dict) -> list[str]:
+    lines = ["## Targets (VPP at goal PKR 40 %: realized/ideal >= 0.9 at batch 8, >= 0.75 at batch 1)", ""]
+    if not result.get("targets"):
+        return lines + ["No `vpp-pkr40` / `real` / backbone row was measured in this run.", ""]
+    lines += ["`real` variant, backbone only. r/i from the median of the repeats (the figure of record) and from the "
+              "minimum (robust to load spikes on a shared machine); the last rows estimate r/i from the per-block "
+              "breakdown (embed + gathered blocks + VPP modules vs embed + dense blocks; it ignores the Python "
+              "glue between blocks).", "",
+              "| model | batch | realized/ideal (median) | realized/ideal (min) | goal | met (median) |",
+              "|---|---|---|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['model']} | {t['batch']} | {_f(t['realized_over_ideal'])} | "
+                     f"{_f(t.get('realized_over_ideal_min'))} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
+    lines.append("")
+    return lines
+
+
+def _render_breakdown(bd: dict) -> list[str]:
+    lines = [f"## Where the time goes: {bd['method']} on `{bd['arch']}` {bd['img_size'][0]}x{bd['img_size'][1]} "
+             f"(N = {bd['num_patches']}), ms/frame", "",
+             f"Per distinct kept count K (blocks grouped), one block timed ({bd['repeats']} repeats, median). "
+             "`compute_K` = the block on a contiguous K-token tensor; `gathered` = `run_block_gathered` "
+             "(gather + block + scatter, equal counts per sample); `MAC-prop.` = dense block time x MACs(K) / "
+             "MACs(N), what perfect scaling would give. `pad` / `loop`: per-sample counts K(1 +- "
+             f"{bd['spread']}) with the same mean (what dynamic SMs produce in a batch).", "",
+             "| batch | K | blocks | dense block | compute_K | gathered | gather+scatter | MAC-prop. | pad (unequal) "
+             "| loop (unequal) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in bd["groups"]:
+        lines.append(f"| {g['batch']} | {g['kept']} ({100 * g['fraction']:.0f} %) | {','.join(map(str, g['blocks']))} "
+                     f"| {_f(g['dense_block_ms'])} | {_f(g['compute_K_ms'])} | {_f(g['gathered_ms'])} | "
+                     f"{_f(g['gather_scatter_ms'])} | {_f(g['mac_proportional_ms'])} | {_f(g.get('unequal_pad_ms'))} "
+                     f"| {_f(g.get('unequal_loop_ms'))} |")
+    lines += ["", "Totals over the 12 blocks (ms/frame):", "",
+              "| batch | dense blocks | MAC-prop. pruned | compute_K | gather+scatter | gathered | pad (unequal) | "
+              "loop (unequal) | embed+norm | VPP modules (Map-SM + 3 SM) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for b, t in bd["totals"].items():
+        mod = bd["pruner_modules"].get(b, {})
+        lines.append(f"| {b} | {_f(t['dense_blocks'], 1)} | {_f(t['mac_proportional'], 1)} | {_f(t['compute_K'], 1)} "
+                     f"| {_f(t['gather_scatter'], 1)} | {_f(t['gathered'], 1)} | {_f(t['unequal_pad'], 1)} | "
+                     f"{_f(t['unequal_loop'], 1)} | {_f(t['embed_norm'], 1)} | "
+                     f"{_f(mod.get('all_modules_ms'), 1)} (Map-SM {_f(mod.get('map_sm_ms'), 1)}) |")
+    lines.append("")
+    return lines
+
+
+def _render_memory(mem: dict) -> list[str]:
+    m = mem["model"]
+    lines = ["## Peak memory of online inference vs video length", "",
+             f"Model `{m.get('arch')}` at {m.get('img_size')}, pruning {mem['pruning']}, device {mem['device']}, "
+             "random frames, one fresh subprocess per run; peak = "
+             f"{mem['runs'][0]['measure'] if mem['runs'] else '?'}. `online` = `vppkit.engine.infer.infer_video` "
+             "(VIS model + VPP state + tracker, per-frame RLEs and KeepRecords kept as a real run keeps them); "
+             "`state-chain` = backbone + VPP only, TemporalState passed in and returned (detached). "
+             "Peak = the high-water mark over the video, after a 2-frame warm-up video and a peak reset; "
+             "growth = peak - memory in use after the warm-up; process ru_maxrss (includes start-up) for reference.",
+             "", "| mode | frames | peak MiB | after warm-up MiB | growth MiB | process ru_maxrss MiB | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in mem["runs"]:
+        lines.append(f"| {r['mode']} | {r['frames']} | {r['peak_MiB']:.1f} | {r['after_warmup_MiB']:.1f} | "
+                     f"{r['growth_MiB']:.1f} | {_f(r.get('process_ru_maxrss_MiB'), 1)} | {r['seconds']:.1f} |")
+    lines.append("")
+    for mode, s in mem["summary"].items():
+        lines.append(f"- {mode}: peak {s['peak_short_MiB']:.1f} MiB at {s['short_frames']} frames vs "
+                     f"{s['peak_long_MiB']:.1f} MiB at {s['long_frames']} frames: difference {s['diff_MiB']:+.1f} MiB "
+                     f"({s['diff_per_1000_frames_MiB']:+.2f} MiB per 1000 frames)")
+    lines.append("")
+    return lines
+
+
+def write_report(result: dict, json_path: str | Path | None, md_path: str | Path | None) -> None:
+    """Write the result JSON and/or the Markdown report (atomic, via :mod:`vppkit.utils.io`)."""
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+    if md_path is not None:
+        atomic_write_text(md_path, render_markdown(result))
+
+
+def bench_report(ctx, result: dict) -> list:
+    """Renderer of the ``bench`` artifact (``TABLES["bench"]``): writes ``reports/bench.md`` beside the profiles'
+    report folders (the benchmark is shared by every profile, ``experiments.bench``).
+
+    Returns no index entry: the top-level ``reports/index.md`` links ``bench.md`` itself.
+    """
+    atomic_write_text(ctx.reports_dir.parent / "bench.md", render_markdown(result))
+    return []

@@ -1,0 +1,175 @@
+"""The speed benchmark of one model: dense vs every method at its nominal schedule, backbone and/or whole model.
+
+Rows per (part, method, variant, batch): ms/frame (median over repeats of one batched forward / batch), the
+realised PKR and GMACs of the timed forward (from its KeepRecord and :mod:`vppkit.flops.analytic`), measured and
+ideal speed-ups and their ratio (see :mod:`vppkit.bench`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict
+from typing import Any, Callable
+
+import torch
+
+from vppkit.bench.specs import MethodSpec, ModelCase, build_method_pruner, nominal_masks, resolve_methods
+from vppkit.bench.timing import machine_info, time_calls
+from vppkit.flops.analytic import TokenSchedule, ViTSpec, backbone_macs, ratio_schedule, tome_matching_macs
+from vppkit.flops.measure import count_macs
+from vppkit.models.pruning.base import ExternalMaskPruner
+from vppkit.models.vis.model import VISModel
+from vppkit.models.vit import PrunableViT, build_backbone
+
+__all__ = ["run_speed_benchmark"]
+
+
+def _record_macs(spec_vit, record, method: str) -> dict:
+    """Analytic MACs per frame of a timed forward from its KeepRecord (mean over the batch)."""
+    n = record.num_patches
+    counts = record.counts.double().mean(0).tolist()
+    if method == "tome":
+        mlp = [float(v) for v in record.meta.get("mlp_counts", counts)]
+        sched = TokenSchedule(tuple(counts), tuple(mlp), n, "tome")
+        over = sum(tome_matching_macs(a + spec_vit.num_prefix, spec_vit.embed_dim, spec_vit.num_heads)
+                   for a, m in zip(counts, mlp) if m < a)
+    else:
+        sched = ratio_schedule(n, [c / n for c in counts], method)
+        over = float(record.overhead_macs.double().mean())
+    bm = backbone_macs(spec_vit, sched, overhead_macs=over)
+    return {"backbone_GMACs": bm.backbone / 1e9, "overhead_GMACs": bm.overhead / 1e9, "total_GMACs": bm.total / 1e9,
+            "pkr": sum(counts) / (len(counts) * n), "block_counts": [round(c, 2) for c in counts]}
+
+
+def _head_gmacs(vis_model, images: torch.Tensor) -> float:
+    """MACs per frame of the VIS head (pyramid + decoder) on dense backbone tokens, measured (torch counter).
+
+    ``vis_model`` must have ``requires_grad`` off (FlopCounterMode's module tracker asserts on the decoder's
+    no-grad views of parameters that require grad)."""
+    with torch.inference_mode():
+        bb = vis_model.backbone(vis_model.normalize(images))
+    tokens = bb.tokens.clone()
+    grid = tuple(bb.grid)
+
+    def head(t: torch.Tensor):
+        feats, levels = vis_model.pyramid(t, grid)
+        return vis_model.decoder(feats, levels)["pred_logits"]
+
+    return count_macs(vis_model, tokens, counter="torch", fn=head) / images.shape[0] / 1e9
+
+
+def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", seed: int = 0,
+                        log: Callable[[str], None] | None = None) -> dict:
+    """Time dense vs every method of ``case`` at its nominal schedule (backbone and/or whole model).
+
+    Args:
+        case: the model and settings.
+        device: ``"cpu"`` or ``"cuda"`` (same code; synchronised before timing).
+        seed: weights, images and masks.
+        log: optional progress printer.
+
+    Returns:
+        dict with ``case``, ``grid``, ``num_patches``, ``methods`` (specs), ``head_GMACs`` and ``rows``: one per
+        (part, method, variant, batch) with ``ms_per_frame`` (median), ``times_ms`` (all repeats, per frame),
+        ``realised_pkr``, ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``,
+        ``speedup_measured``, ``speedup_ideal``, ``realized_over_ideal``.
+    """
+    log = log or (lambda s: None)
+    torch.manual_seed(seed)
+    dense = build_backbone(case.arch, img_size=tuple(case.img_size)).eval().to(device)
+    grid = dense.grid_for(*case.img_size)
+    n = grid[0] * grid[1]
+    depth = dense.depth
+    spec_vit = ViTSpec.from_timm(dense.vit, name=case.arch)
+    specs = resolve_methods(case.methods, case.goal_pkrs, num_patches=n)
+    if not specs or specs[0].method != "dense":
+        specs.insert(0, MethodSpec("dense", "dense", 1.0, {}))
+    heads = None
+    if "whole" in case.parts:
+        h = {"dim": 64, "num_queries": 10, "dec_layers": 3, "heads": 4, "num_classes": 40, **case.head}
+        heads = h
+
+        def make_vis(backbone):
+            torch.manual_seed(seed + 1)   # same head weights for every method
+            return VISModel(backbone, int(h["num_classes"]), dim=int(h["dim"]), num_queries=int(h["num_queries"]),
+                            dec_layers=int(h["dec_layers"]), heads=int(h["heads"])
+                            ).eval().requires_grad_(False).to(device)
+
+    rows: list[dict] = []
+    head_gmacs = None
+    g = torch.Generator().manual_seed(seed)
+    for bsz in case.batches:
+        images = torch.rand(bsz, 3, *case.img_size, generator=g).to(device)
+        fns: dict[tuple, Callable] = {}
+        last: dict[tuple, Any] = {}
+        for spec in specs:
+            masks = None if spec.method in ("dense", "tome") else nominal_masks(spec, n, bsz, depth, seed, device)
+            wanted = case.variants_by_family.get(spec.method, case.variants)
+            variants = ["dense"] if spec.method == "dense" else [
+                v for v in wanted if not (spec.method == "tome" and v == "schedule")]
+            if spec.method == "tome" and "real" not in variants:
+                variants = ["real"]
+            for variant in variants:
+                pruner = None if variant == "dense" else build_method_pruner(spec, dense.embed_dim, variant, masks)
+                if pruner is not None:
+                    pruner = pruner.to(device)
+                bb = dense if pruner is None else PrunableViT(dense.vit, pruner).eval()
+                ext_state = masks if isinstance(pruner, ExternalMaskPruner) else None
+                for part in case.parts:
+                    model = bb if part == "backbone" else make_vis(bb)
+                    key = (part, spec.name, variant)
+                    fns[key] = _make_forward(model, part, images, ext_state, spec.method, key, last)
+                    if part == "whole" and head_gmacs is None and spec.method == "dense":
+                        head_gmacs = _head_gmacs(model, images[:1])
+        reps = int(case.repeats_by_batch.get(bsz, case.repeats))
+        log(f"{case.label}: batch {bsz}: {len(fns)} configurations x ({case.warmup} warm-up + {reps} timed)")
+        with torch.inference_mode():
+            for key, fn in fns.items():     # a first call per row: VPP gets its temporal state
+                fn()
+            times = time_calls(fns, reps, max(0, case.warmup - 1), device)
+        for key, ts in times.items():
+            part, name, variant = key
+            spec = next(s for s in specs if s.name == name)
+            rec = last[key]
+            macs = _record_macs(spec_vit, rec, spec.method)
+            per_frame = [1000.0 * t / bsz for t in ts]
+            gm = macs["total_GMACs"] + ((head_gmacs or 0.0) if part == "whole" else 0.0)
+            rows.append({"part": part, "method": name, "family": spec.method, "variant": variant, "batch": bsz,
+                         "goal_pkr": spec.goal_pkr, "realised_pkr": macs["pkr"], "GMACs": gm,
+                         "backbone_GMACs": macs["backbone_GMACs"], "overhead_GMACs": macs["overhead_GMACs"],
+                         "ms_per_frame": statistics.median(per_frame), "ms_per_frame_min": min(per_frame),
+                         "times_ms": [round(t, 3) for t in per_frame],
+                         "block_counts": macs["block_counts"]})
+    _add_speedups(rows)
+    return {"case": {**asdict(case), "img_size": list(case.img_size)}, "grid": list(grid), "num_patches": n,
+            "methods": [asdict(s) for s in specs], "head": heads, "head_GMACs": head_gmacs, "rows": rows,
+            "machine": machine_info(device)}
+
+
+def _make_forward(model, part: str, images, ext_state, method: str, key, last: dict) -> Callable[[], None]:
+    """One forward of ``model``; VPP carries its temporal state across calls (non-first frames are timed)."""
+    holder = {"state": None}
+
+    def fn() -> None:
+        state = ext_state if ext_state is not None else holder["state"]
+        out = model(images, state)
+        bb = out if part == "backbone" else out.backbone
+        if ext_state is None and method == "vpp":
+            holder["state"] = bb.state.detach() if bb.state is not None else None
+        last[key] = bb.keep
+
+    return fn
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    """measured = dense ms / ms, ideal = dense GMACs / GMACs, realized/ideal = measured / ideal (in place)."""
+    ref = {(r["part"], r["batch"]): r for r in rows if r["family"] == "dense"}
+    for r in rows:
+        d = ref.get((r["part"], r["batch"]))
+        if d is None:
+            continue
+        r["speedup_measured"] = d["ms_per_frame"] / r["ms_per_frame"]
+        r["speedup_ideal"] = d["GMACs"] / r["GMACs"]
+        r["realized_over_ideal"] = r["speedup_measured"] / r["speedup_ideal"]
+        if "ms_per_frame_min" in r and "ms_per_frame_min" in d:   # robust to load spikes: min over repeats
+            r["realized_over_ideal_min"] = d["ms_per_frame_min"] / r["ms_per_frame_min"] / r["speedup_ideal"]
