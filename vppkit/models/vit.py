@@ -25,6 +25,12 @@ Execution modes (they agree on kept tokens; tested):
   times more kernels, so rerun ``benchmark_gather_impl(device="cuda")`` and consider ``"pad"`` there.
 - default: masked when ``self.training``, gathered otherwise; ``forward(execution=...)`` overrides.
 
+Host hook (``forward(interaction=...)``, a :class:`BlockInteraction`): a host model that works on the ViT tokens
+between blocks (the ViT-Adapter host, :mod:`vppkit.models.adapter`) is called with the full-grid (B, N, C) patch
+tokens before block b, *before* the pruner decides (it may return new tokens: the injector), and after block b
+(the extractor). Pruned tokens reach it with the value they carried through, in both execution modes, so the
+modes still agree; only the blocks are pruned.
+
 Differences from the official VPP code, on purpose (DESIGN.md §6): batch > 1 in the gathered mode; no state
 held on the backbone (the pruner's temporal state is passed in and returned); the tensor holding the block
 output is never modified in place (vpp-notes §12.1).
@@ -35,7 +41,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch
@@ -53,6 +59,18 @@ from vppkit.models.pruning.base import DensePruner, Pruner
 from vppkit.models.records import BackboneOutput, KeepRecord
 
 EXECUTION_MODES = ("masked", "gathered")
+
+
+class BlockInteraction(Protocol):
+    """What ``PrunableViT.forward(interaction=...)`` calls around each block (e.g.
+    :class:`vppkit.models.adapter.AdapterRun`). Per forward; nothing of it is kept on the backbone."""
+
+    def before_block(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) full-grid patch tokens entering block b -> the tokens block b and the pruner's
+        ``before_block(b)`` see (same shape)."""
+
+    def after_block(self, b: int, x: torch.Tensor) -> None:
+        """(B, N, C) full-grid patch tokens after block b (pruned tokens with their carried value)."""
 
 # arch name -> (timm model name or None, VisionTransformer kwargs). Depth is 12 everywhere (DESIGN.md §5).
 ARCHS: dict[str, tuple[str | None, dict]] = {
@@ -217,8 +235,8 @@ class PrunableViT(nn.Module):
         return mode
 
     def _run_blocks(self, images: torch.Tensor, state: Any, mode: str, keep_features: bool,
-                    last_block: int | None = None):
-        """Embed and run blocks 0..``last_block`` (default all) under the pruner.
+                    last_block: int | None = None, interaction: BlockInteraction | None = None):
+        """Embed and run blocks 0..``last_block`` (default all) under the pruner (and the host's ``interaction``).
 
         Returns:
             (x (B, P + N, C) after the last block run, before the final norm; grid; pruner context; list of the
@@ -233,6 +251,9 @@ class PrunableViT(nn.Module):
         masks = []
         blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
         for b, blk in enumerate(blocks):
+            if interaction is not None:                  # host hook: before the pruner decides (ViT-Adapter injector)
+                xp = interaction.before_block(b, x[:, p:])
+                x = torch.cat([x[:, :p], xp], dim=1) if p else xp
             keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
             masks.append(keep.detach() > 0.5)
             want = b in self.pruner.needs_attention
@@ -241,6 +262,8 @@ class PrunableViT(nn.Module):
             else:
                 x, attn = run_block_gathered(blk, x, keep, p, want, self.has_cls, self.gather_impl)
             self.pruner.after_block(b, x[:, p:], keep, ctx, attn)
+            if interaction is not None:                  # host hook: after the block (ViT-Adapter extractor)
+                interaction.after_block(b, x[:, p:])
             if feats is not None:
                 feats.append(x)
         return x, grid, ctx, masks, feats
@@ -255,25 +278,32 @@ class PrunableViT(nn.Module):
                               state=next_state, aux_loss=aux_loss.to(x.device))
 
     def forward(self, images: torch.Tensor, state: Any = None, *, execution: str | None = None,
-                return_intermediates: bool = False) -> BackboneOutput:
+                return_intermediates: bool = False, interaction: BlockInteraction | None = None) -> BackboneOutput:
         """Run the backbone with the pruner's keep masks.
 
         Args:
             images: (B, 3, H, W) normalised images; H, W multiples of the patch size.
             state: temporal state of the previous frame for the pruner (VPP), ``None`` at a video's first frame.
             execution: ``"masked"`` or ``"gathered"``; default masked in training, gathered in eval.
-            return_intermediates: also return x_0 .. x_depth (patch tokens, before the final norm).
+            return_intermediates: also return x_0 .. x_depth (patch tokens, before the final norm; x_b is the output
+                of block b-1, before any ``interaction.before_block(b)``).
+            interaction: optional host hook (:class:`BlockInteraction`) called around every block.
 
         Returns:
             :class:`BackboneOutput`.
 
         Raises:
-            ValueError: unknown execution mode, bad image shape, or masked mode with a merging pruner.
+            ValueError: unknown execution mode, bad image shape, masked mode with a merging pruner, or an
+                ``interaction`` with a merging pruner (merged tokens have no full grid to hand it).
         """
         mode = self._mode(execution)
         if self.pruner.merges_tokens:
+            if interaction is not None:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: no full-grid tokens for a host "
+                                 "interaction (ViT-Adapter)")
             return self.pruner.merge_forward(self, images, state, return_intermediates=return_intermediates)
-        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates)
+        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates,
+                                                      interaction=interaction)
         p = self.num_prefix_tokens
         inter = [f[:, p:] for f in feats] if feats is not None else None
         return self._output(x, grid, ctx, masks, mode, inter)
