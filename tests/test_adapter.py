@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vppkit.config import load_config
+from vppkit.engine.infer import infer_checkpoint
 from vppkit.engine.train import train
 from vppkit.models.adapter import AdapterRun, Extractor, Injector, ViTAdapter, build_deform_attn, deform_attend
 from vppkit.models.adapter.deform_attn import reference_points
@@ -400,7 +401,7 @@ TINY = ["data.num_videos=2", "data.num_val_videos=1", "data.num_frames=4", "data
         "model.adapter.pixel_decoder_layers=1", "loss.num_points=64", "loss.importance_sample_ratio=0.75"]
 
 
-def test_tiny_adapter_host_trains_dense_and_sparse_on_the_smoke_profile(cache):
+def test_tiny_adapter_host_trains_dense_and_sparse_and_infers_on_the_smoke_profile(cache):
     cfg = load_config("smoke", TINY + ["train.dense.steps=2", "train.sparse.steps=2", "pruning.method=vpp",
                                        "pruning.schedule=pkr55"])
     dense = train(cfg, "dense", out_dir=cache / "dense", progress=False)
@@ -409,3 +410,7 @@ def test_tiny_adapter_host_trains_dense_and_sparse_on_the_smoke_profile(cache):
         assert all(torch.isfinite(torch.tensor(float(v))) for k, v in run["last"].items()
                    if k.startswith("loss")), run["last"]
     assert sparse["last"]["loss_sparse"] > 0
+    # online inference (gathered, batch 1, tracker) reads the adapter host's outputs like the plain host's
+    out = infer_checkpoint(sparse["checkpoint"], "train", cache / "infer", progress=False)
+    assert 0.0 < out["pkr"]["pkr"] < 1.0
+    assert out["pkr"]["block_density_later"][1] < 1.0          # Map-SM active after the first frame
