@@ -16,6 +16,7 @@ from vppkit.engine.train import train
 from vppkit.models.adapter import AdapterRun, Extractor, Injector, ViTAdapter, build_deform_attn, deform_attend
 from vppkit.models.adapter.deform_attn import reference_points
 from vppkit.models.pruning.base import ExternalMaskPruner
+from vppkit.models.pruning.tome import ToMePruner
 from vppkit.models.pruning.vpp import VPPPruner
 from vppkit.models.vis.losses import PointSampledCriterion, build_criterion
 from vppkit.models.vis.model import VISModel, build_vis_model
@@ -176,6 +177,9 @@ def test_adapter_outputs_and_placement():
         bb(x, _masks(2), interaction=run)
     assert calls == [(k, b) for b in range(12) for k in ("before", "after")]
     assert run.x_out is not None and run.x_out.shape == (2, N, C)
+    tome = build_backbone("vit_nano", IMG, pruner=ToMePruner(2)).eval()
+    with pytest.raises(ValueError, match="merges tokens"):
+        ad(tome, x)
     with pytest.raises(ValueError, match="end at block"):
         ViTAdapter(C, **SMALL, interaction_indexes=[[0, 2], [3, 5]])(bb, x, _masks(2))
     with pytest.raises(ValueError, match="ranges"):

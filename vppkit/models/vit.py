@@ -310,7 +310,8 @@ class PrunableViT(nn.Module):
 
     def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
                               *, state: Any = None, stop_early: bool = False, return_prefix_tokens: bool = False,
-                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False):
+                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False,
+                              interaction: BlockInteraction | None = None):
         """Features x_i of chosen layers, in the manner of timm's ``VisionTransformer.forward_intermediates``.
 
         Feature indices follow :attr:`BackboneOutput.intermediates` (x_0 = patch + position embedding, x_i = output
@@ -329,6 +330,7 @@ class PrunableViT(nn.Module):
             norm: apply the backbone's final norm to each feature (timm's ``norm=True``).
             execution: as :meth:`forward`.
             intermediates_only: return only the list of features.
+            interaction: the host hook, as :meth:`forward` (not with a merging pruner).
 
         Returns:
             features (list, one per requested index, ascending) when ``intermediates_only``; else
@@ -354,6 +356,9 @@ class PrunableViT(nn.Module):
         p = self.num_prefix_tokens
         out = None
         if self.pruner.merges_tokens:
+            if interaction is not None:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: no full-grid tokens for a host "
+                                 "interaction (ViT-Adapter)")
             out = self.pruner.merge_forward(self, images, state, return_intermediates=True)
             picked = [(out.intermediates[i], None) for i in idx]
             if return_prefix_tokens or norm:
@@ -363,7 +368,7 @@ class PrunableViT(nn.Module):
             last = max(idx) - 1 if stop_early else None          # x_i is the output of block i - 1
             x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, True,
                                                           None if last is None or last >= self.depth - 1
-                                                          else max(last, -1))
+                                                          else max(last, -1), interaction=interaction)
             if len(masks) == self.depth:
                 out = self._output(x, grid, ctx, masks, mode, None)
             picked = []
