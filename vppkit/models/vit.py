@@ -72,6 +72,7 @@ class BlockInteraction(Protocol):
     def after_block(self, b: int, x: torch.Tensor) -> None:
         """(B, N, C) full-grid patch tokens after block b (pruned tokens with their carried value)."""
 
+
 # arch name -> (timm model name or None, VisionTransformer kwargs). Depth is 12 everywhere (DESIGN.md §5).
 ARCHS: dict[str, tuple[str | None, dict]] = {
     "vit_tiny": ("vit_tiny_patch16_224", {}),            # width 192, 3 heads (DeiT-Ti shape)

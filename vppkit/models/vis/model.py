@@ -144,20 +144,22 @@ class VISModel(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.pixel_mean) / self.pixel_std
 
+    def _run_backbone(self, x: torch.Tensor, state: Any, **kw):
+        """The PrunableViT (plain host: a BackboneOutput) or the ViT-Adapter around it (an AdapterOutput)."""
+        if self.host == "plain":
+            return self.backbone(x, state, **kw)
+        return self.adapter(self.backbone, x, state, **kw)
+
     def forward(self, images: torch.Tensor, state: Any = None, execution: str | None = None,
                 return_intermediates: bool = False) -> VISOutput:
         x = self.normalize(images)
         kw = dict(execution=execution, return_intermediates=return_intermediates)
-        if self.host == "plain":
-            run = lambda: self.backbone(x, state, **kw)                          # noqa: E731
-        else:
-            run = lambda: self.adapter(self.backbone, x, state, **kw)            # noqa: E731
         if torch.is_grad_enabled() and not self._backbone_needs_grad():
             # frozen dense backbone: nothing inside it trains, so no graph is needed (2-3x cheaper steps)
             with torch.no_grad():
-                res = run()
+                res = self._run_backbone(x, state, **kw)
         else:
-            res = run()
+            res = self._run_backbone(x, state, **kw)
         if self.host == "plain":
             bb = res
             mask_features, levels = self.pyramid(bb.tokens, tuple(bb.grid))
