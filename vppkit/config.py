@@ -82,15 +82,36 @@ class DataConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """``model.adapter``: sizes of the ``adapter`` host (vppkit.models.adapter.ViTAdapter, vppkit.models.vis.m2f_head;
+    vpp-notes §2.2). Defaults = the paper's configs; CPU profiles may scale them down. Unused by ``host: plain``."""
+
+    conv_inplane: int = 64             # spatial-prior stem width
+    deform_heads: int = 6              # injector / extractor deformable attention heads
+    deform_points: int = 4             # sampling points per head and level
+    cffn_ratio: float = 0.25           # extractor ConvFFN hidden width / ViT width
+    interaction_indexes: List[List[int]] = field(
+        default_factory=lambda: [[0, 2], [3, 5], [6, 8], [9, 11]])  # block ranges [start, end], inclusive
+    extra_extractors: int = 2          # extractors appended to the last interaction
+    add_vit_feature: bool = True       # add the resized ViT map to each output scale
+    query_residual: bool = True        # official (mmcv) deformable attention returns attn + its normalised query
+    attn_dropout: float = 0.1          # official (mmcv) dropout on the deformable attention output
+    pixel_decoder_layers: int = 6      # Mask2Former MSDeformAttn pixel-decoder encoder layers
+
+
+@dataclass
 class ModelConfig:
     """``model``: backbone and VIS head (vppkit.models.vis.model.build_vis_model)."""
 
     arch: str = "vit_micro"            # vppkit.models.vit.ARCHS name
     img_size: Any = field(default_factory=lambda: [192, 192])  # (H, W) px, or an int for a square input
+    host: str = "plain"                # plain: ViT -> simple pyramid -> query decoder; adapter: ViT-Adapter +
+                                       # Mask2Former (MSDeformAttn pixel decoder), the paper's host (DESIGN.md §7)
     dim: int = 64                      # pyramid / decoder width D
     num_queries: int = 10              # object queries Q
     dec_layers: int = 3                # masked-attention decoder layers
     heads: int = 4                     # decoder attention heads
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # adapter-host sizes
     pretrained: Optional[str] = None   # null | imgfocus (vppkit.models.vis.model.resolve_backbone)
     fallback: Dict[str, Any] = field(default_factory=dict)  # model keys used when the pretrained extra is missing
     backbone_checkpoint: Optional[str] = None  # local timm state dict
@@ -106,6 +127,9 @@ class LossConfig:
     w_dice: float = 5.0
     eos_coef: float = 0.1              # weight of the no-object class in the CE
     num_points: int = 0                # 0: all stride-4 pixels; > 0: sampled points
+    importance_sample_ratio: float = 0.0  # > 0 (with num_points > 0): Mask2Former importance sampling
+                                       # (transformers Mask2FormerLoss; paper 0.75); 0: uniform points
+    oversample_ratio: float = 3.0      # importance sampling: candidate points / num_points (paper 3.0)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from vppkit.data.ytvis import encode_mask, mask_bbox, save_ytvis
 from vppkit.utils.io import atomic_write_bytes
+from vppkit.utils.paths import cache_dir
 
 __all__ = ["CATEGORIES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bin", "generate_synthetic", "synthetic_dataset", "size_bin_stats",
            "render_video"]
@@ -421,8 +422,6 @@ def synthetic_dataset(num_videos: int = 24, seed: int = 0, num_frames: int = 16,
 
     The set lives in ``<root or cache_dir()>/synthetic/g{GENERATOR_VERSION}_v{N}_s{seed}_f{F}_{H}x{W}_{fmt}/``.
     """
-    from vppkit.utils.paths import cache_dir
-
     base = Path(root) if root is not None else cache_dir()
     out = (base / "synthetic" /
            f"g{GENERATOR_VERSION}_v{num_videos}_s{seed}_f{num_frames}_{height}x{width}_{image_format}")

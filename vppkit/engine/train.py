@@ -55,7 +55,7 @@ from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames, has_instance, sample_reference_frames
 from vppkit.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint, set_rng_states, unwrap
 from vppkit.engine.distributed import DistInfo, init_distributed
-from vppkit.models.vis.losses import SetCriterion
+from vppkit.models.vis.losses import build_criterion
 from vppkit.models.vis.model import build_vis_model
 from vppkit.utils.io import atomic_path, atomic_write_json
 from vppkit.utils.paths import cache_dir
@@ -471,9 +471,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.startswith("cuda") else None,
             find_unused_parameters=True)
-    lcfg = cfg["loss"]
-    criterion = SetCriterion(num_classes, float(lcfg["w_class"]), float(lcfg["w_mask"]), float(lcfg["w_dice"]),
-                             float(lcfg["eos_coef"]), int(lcfg["num_points"])).to(info.device)
+    criterion = build_criterion(cfg["loss"], num_classes).to(info.device)
     sampler = StepSampler(len(samples), batch, seed, info)
 
     start, rows = 0, []

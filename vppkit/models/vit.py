@@ -31,6 +31,12 @@ Execution modes (they agree on kept tokens; tested):
   block (tested).
 - default: masked when ``self.training``, gathered otherwise; ``forward(execution=...)`` overrides.
 
+Host hook (``forward(interaction=...)``, a :class:`BlockInteraction`): a host model that works on the ViT tokens
+between blocks (the ViT-Adapter host, :mod:`vppkit.models.adapter`) is called with the full-grid (B, N, C) patch
+tokens before block b, *before* the pruner decides (it may return new tokens: the injector), and after block b
+(the extractor). Pruned tokens reach it with the value they carried through, in both execution modes, so the
+modes still agree; only the blocks are pruned.
+
 Differences from the official VPP code, on purpose (DESIGN.md §6): batch > 1 in the gathered mode; no state
 held on the backbone (the pruner's temporal state is passed in and returned); the tensor holding the block
 output is never modified in place (vpp-notes §12.1).
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch
@@ -52,13 +58,26 @@ from vppkit.config import img_size_hw
 from vppkit.models.blocks import (
     GATHER_IMPLS,
     run_block_gathered,
-    run_blocks_gathered,
     run_block_masked,
+    run_blocks_gathered,
 )
 from vppkit.models.pruning.base import DensePruner, Pruner
 from vppkit.models.records import BackboneOutput, KeepRecord
 
 EXECUTION_MODES = ("masked", "gathered")
+
+
+class BlockInteraction(Protocol):
+    """What ``PrunableViT.forward(interaction=...)`` calls around each block (e.g.
+    :class:`vppkit.models.adapter.AdapterRun`). Per forward; nothing of it is kept on the backbone."""
+
+    def before_block(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) full-grid patch tokens entering block b -> the tokens block b and the pruner's
+        ``before_block(b)`` see (same shape)."""
+
+    def after_block(self, b: int, x: torch.Tensor) -> None:
+        """(B, N, C) full-grid patch tokens after block b (pruned tokens with their carried value)."""
+
 
 # arch name -> (timm model name or None, VisionTransformer kwargs). Depth is 12 everywhere (DESIGN.md §5).
 ARCHS: dict[str, tuple[str | None, dict]] = {
@@ -227,8 +246,8 @@ class PrunableViT(nn.Module):
         return mode
 
     def _run_blocks(self, images: torch.Tensor, state: Any, mode: str, keep_features: bool,
-                    last_block: int | None = None):
-        """Embed and run blocks 0..``last_block`` (default all) under the pruner.
+                    last_block: int | None = None, interaction: BlockInteraction | None = None):
+        """Embed and run blocks 0..``last_block`` (default all) under the pruner (and the host's ``interaction``).
 
         Returns:
             (x (B, P + N, C) after the last block run, before the final norm; grid; pruner context; list of the
@@ -242,9 +261,13 @@ class PrunableViT(nn.Module):
         feats = [x] if keep_features else None
         masks = []
         blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
-        points = self._full_points(mode, keep_features, ctx, len(blocks))
+        # a host's interaction hook reads and writes the full grid around every block: block by block then
+        points = None if interaction is not None else self._full_points(mode, keep_features, ctx, len(blocks))
         b = 0
         while b < len(blocks):
+            if interaction is not None:                  # host hook: before the pruner decides (ViT-Adapter injector)
+                xp = interaction.before_block(b, x[:, p:])
+                x = torch.cat([x[:, :p], xp], dim=1) if p else xp
             keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
             masks.append(keep.detach() > 0.5)
             want = b in self.pruner.needs_attention
@@ -257,6 +280,8 @@ class PrunableViT(nn.Module):
                 x, attn = run_blocks_gathered(blocks[b:end], x, keep, p, self.gather_impl), None
                 masks.extend([masks[-1]] * (end - b - 1))
             self.pruner.after_block(end - 1, x[:, p:], keep, ctx, attn)
+            if interaction is not None:                  # host hook: after the block (ViT-Adapter extractor)
+                interaction.after_block(end - 1, x[:, p:])
             if feats is not None:
                 feats.append(x)
             b = end
@@ -290,32 +315,40 @@ class PrunableViT(nn.Module):
                               state=next_state, aux_loss=aux_loss.to(x.device))
 
     def forward(self, images: torch.Tensor, state: Any = None, *, execution: str | None = None,
-                return_intermediates: bool = False) -> BackboneOutput:
+                return_intermediates: bool = False, interaction: BlockInteraction | None = None) -> BackboneOutput:
         """Run the backbone with the pruner's keep masks.
 
         Args:
             images: (B, 3, H, W) normalised images; H, W multiples of the patch size.
             state: temporal state of the previous frame for the pruner (VPP), ``None`` at a video's first frame.
             execution: ``"masked"`` or ``"gathered"``; default masked in training, gathered in eval.
-            return_intermediates: also return x_0 .. x_depth (patch tokens, before the final norm).
+            return_intermediates: also return x_0 .. x_depth (patch tokens, before the final norm; x_b is the output
+                of block b-1, before any ``interaction.before_block(b)``).
+            interaction: optional host hook (:class:`BlockInteraction`) called around every block.
 
         Returns:
             :class:`BackboneOutput`.
 
         Raises:
-            ValueError: unknown execution mode, bad image shape, or masked mode with a merging pruner.
+            ValueError: unknown execution mode, bad image shape, masked mode with a merging pruner, or an
+                ``interaction`` with a merging pruner (merged tokens have no full grid to hand it).
         """
         mode = self._mode(execution)
         if self.pruner.merges_tokens:
+            if interaction is not None:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: no full-grid tokens for a host "
+                                 "interaction (ViT-Adapter)")
             return self.pruner.merge_forward(self, images, state, return_intermediates=return_intermediates)
-        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates)
+        x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, return_intermediates,
+                                                      interaction=interaction)
         p = self.num_prefix_tokens
         inter = [f[:, p:] for f in feats] if feats is not None else None
         return self._output(x, grid, ctx, masks, mode, inter)
 
     def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
                               *, state: Any = None, stop_early: bool = False, return_prefix_tokens: bool = False,
-                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False):
+                              norm: bool = False, execution: str | None = None, intermediates_only: bool = False,
+                              interaction: BlockInteraction | None = None):
         """Features x_i of chosen layers, in the manner of timm's ``VisionTransformer.forward_intermediates``.
 
         Feature indices follow :attr:`BackboneOutput.intermediates` (x_0 = patch + position embedding, x_i = output
@@ -334,6 +367,7 @@ class PrunableViT(nn.Module):
             norm: apply the backbone's final norm to each feature (timm's ``norm=True``).
             execution: as :meth:`forward`.
             intermediates_only: return only the list of features.
+            interaction: the host hook, as :meth:`forward` (not with a merging pruner).
 
         Returns:
             features (list, one per requested index, ascending) when ``intermediates_only``; else
@@ -359,6 +393,9 @@ class PrunableViT(nn.Module):
         p = self.num_prefix_tokens
         out = None
         if self.pruner.merges_tokens:
+            if interaction is not None:
+                raise ValueError(f"{type(self.pruner).__name__} merges tokens: no full-grid tokens for a host "
+                                 "interaction (ViT-Adapter)")
             out = self.pruner.merge_forward(self, images, state, return_intermediates=True)
             picked = [(out.intermediates[i], None) for i in idx]
             if return_prefix_tokens or norm:
@@ -368,7 +405,7 @@ class PrunableViT(nn.Module):
             last = max(idx) - 1 if stop_early else None          # x_i is the output of block i - 1
             x, grid, ctx, masks, feats = self._run_blocks(images, state, mode, True,
                                                           None if last is None or last >= self.depth - 1
-                                                          else max(last, -1))
+                                                          else max(last, -1), interaction=interaction)
             if len(masks) == self.depth:
                 out = self._output(x, grid, ctx, masks, mode, None)
             picked = []

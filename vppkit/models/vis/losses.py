@@ -4,6 +4,15 @@ read-out of the decoder (deep supervision).
 
 Targets are per image: ``{"labels": (K,) long in [0, C), "masks": (K, H, W) bool}`` with only the instances that
 are visible (valid) in that frame.
+
+Two implementations with the same inputs and outputs; :func:`build_criterion` picks one from the ``loss`` section:
+
+- :class:`SetCriterion` (written here): all stride-4 pixels (``num_points = 0``) or ``num_points`` uniform points
+  shared by matching and loss;
+- :class:`PointSampledCriterion`: ``transformers``' ``Mask2FormerLoss`` (Hungarian matcher on ``num_points`` uniform
+  points, mask losses on ``num_points`` points per mask drawn by importance sampling: ``oversample_ratio`` x
+  candidates, the ``importance_sample_ratio`` share with the most uncertain logits, the rest uniform); the
+  paper's setting (vpp-notes §2.1: 12,544 points, 3.0, 0.75).
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from vppkit.models.vis.matcher import hungarian_match, mask_targets_on
 
@@ -71,11 +82,72 @@ class SetCriterion(nn.Module):
                 "loss_dice": self.w_dice * loss_dice}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
-        if len(targets) != outputs["pred_logits"].shape[0]:
-            raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")
-        total = self._single(outputs["pred_logits"], outputs["pred_masks"], targets)
-        for aux in outputs.get("aux_outputs", []):
-            for k, v in self._single(aux["pred_logits"], aux["pred_masks"], targets).items():
-                total[k] = total[k] + v
-        total["loss"] = total["loss_ce"] + total["loss_mask"] + total["loss_dice"]
-        return total
+        return _sum_over_readouts(self._single, outputs, targets, type(self).__name__)
+
+
+def _sum_over_readouts(single, outputs: dict, targets: list[dict], name: str) -> dict:
+    """``single(logits, masks, targets)`` on the final and every auxiliary read-out, summed; ``loss`` = total."""
+    if len(targets) != outputs["pred_logits"].shape[0]:
+        raise ValueError(f"{name}: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]}")
+    total = single(outputs["pred_logits"], outputs["pred_masks"], targets)
+    for aux in outputs.get("aux_outputs", []):
+        for k, v in single(aux["pred_logits"], aux["pred_masks"], targets).items():
+            total[k] = total[k] + v
+    total["loss"] = total["loss_ce"] + total["loss_mask"] + total["loss_dice"]
+    return total
+
+
+class PointSampledCriterion(nn.Module):
+    """Mask2Former's point-sampled losses, computed by ``transformers``' ``Mask2FormerLoss`` (vpp-notes §2.1).
+
+    Args:
+        num_classes: C. w_class, w_mask, w_dice: loss and matching-cost weights (2 / 5 / 5).
+        eos_coef: no-object class weight (0.1). num_points: points per mask (12,544).
+        oversample_ratio: candidate points / num_points for importance sampling (3.0).
+        importance_sample_ratio: share of the points taken where the prediction is most uncertain (0.75).
+
+    Forward: as :class:`SetCriterion` (same input dicts, same output keys ``loss_ce``, ``loss_mask``, ``loss_dice``,
+    ``loss``, weighted and summed over the read-outs). The GT masks are sampled at full resolution (normalised point
+    coordinates), predictions at their stride-4 grid. Points are drawn from torch's global generator.
+    """
+
+    def __init__(self, num_classes: int, w_class: float = 2.0, w_mask: float = 5.0, w_dice: float = 5.0,
+                 eos_coef: float = 0.1, num_points: int = 12544, oversample_ratio: float = 3.0,
+                 importance_sample_ratio: float = 0.75) -> None:
+        super().__init__()
+        if num_points <= 0:
+            raise ValueError(f"PointSampledCriterion needs num_points > 0, got {num_points}")
+        self.w_class, self.w_mask, self.w_dice = float(w_class), float(w_mask), float(w_dice)
+        cfg = Mask2FormerConfig(num_labels=num_classes, no_object_weight=eos_coef, class_weight=w_class,
+                                mask_weight=w_mask, dice_weight=w_dice, train_num_points=num_points,
+                                oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio)
+        self.loss = Mask2FormerLoss(cfg, weight_dict={"loss_cross_entropy": w_class, "loss_mask": w_mask,
+                                                      "loss_dice": w_dice})
+
+    def _single(self, logits: torch.Tensor, masks: torch.Tensor, targets: list[dict]) -> dict:
+        labels = [t["labels"].to(logits.device).long() for t in targets]
+        gts = [t["masks"].to(device=masks.device, dtype=masks.dtype) for t in targets]
+        if sum(int(l.numel()) for l in labels) == 0:
+            # no instance in the batch: only the no-object CE (transformers' point sampler needs >= 1 mask)
+            tc = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
+            ce = F.cross_entropy(logits.transpose(1, 2).float(), tc, self.loss.empty_weight)
+            zero = masks.sum() * 0.0
+            return {"loss_ce": self.w_class * ce, "loss_mask": zero, "loss_dice": zero}
+        d = self.loss(masks_queries_logits=masks, class_queries_logits=logits, mask_labels=gts, class_labels=labels)
+        return {"loss_ce": self.w_class * d["loss_cross_entropy"], "loss_mask": self.w_mask * d["loss_mask"],
+                "loss_dice": self.w_dice * d["loss_dice"]}
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict:
+        return _sum_over_readouts(self._single, outputs, targets, type(self).__name__)
+
+
+def build_criterion(lcfg: dict, num_classes: int) -> nn.Module:
+    """The set criterion the ``loss`` section asks for: :class:`PointSampledCriterion` (``transformers``) when
+    ``num_points > 0`` and ``importance_sample_ratio > 0`` (the paper's setting), else :class:`SetCriterion` (all
+    pixels, or uniform points)."""
+    common = (num_classes, float(lcfg["w_class"]), float(lcfg["w_mask"]), float(lcfg["w_dice"]),
+              float(lcfg["eos_coef"]), int(lcfg["num_points"]))
+    if int(lcfg["num_points"]) > 0 and float(lcfg["importance_sample_ratio"]) > 0:
+        return PointSampledCriterion(*common, oversample_ratio=float(lcfg["oversample_ratio"]),
+                                     importance_sample_ratio=float(lcfg["importance_sample_ratio"]))
+    return SetCriterion(*common)

@@ -1,4 +1,11 @@
-"""The frame-level VIS model: PrunableViT -> simple pyramid -> masked-attention query decoder.
+"""The frame-level VIS model: PrunableViT inside a host (``model.host``, DESIGN.md §7, docs/vis_model.md).
+
+- ``plain``: PrunableViT -> simple pyramid -> masked-attention query decoder (CPU-sized);
+- ``adapter``: the paper's host, ViT-Adapter around the PrunableViT (:mod:`vppkit.models.adapter`) -> Mask2Former
+  head (MSDeformAttn pixel decoder + masked-attention decoder, :mod:`vppkit.models.vis.m2f_head`).
+
+Both give the same :class:`VISOutput` (decoder dict, query embeddings, the BackboneOutput), so training, the
+tracker and inference do not depend on the host.
 
 Online video use (MinVIS style, docs/vis_model.md): the model runs frame by frame; the backbone's temporal state
 (VPP Map-SM) and the tracker state are passed in and returned by the caller (:mod:`vppkit.engine.infer`).
@@ -16,8 +23,10 @@ import torch.nn as nn
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vppkit.config import img_size_hw
+from vppkit.models.adapter import ViTAdapter
 from vppkit.models.pruning import build_pruner as build_method_pruner
 from vppkit.models.vis.decoder import MaskDecoder
+from vppkit.models.vis.m2f_head import Mask2FormerHead
 from vppkit.models.vis.pyramid import SimplePyramid
 from vppkit.models.vit import PrunableViT, build_backbone
 from vppkit.weights import imgfocus
@@ -26,6 +35,9 @@ log = logging.getLogger("vppkit.model")
 
 #: Values of ``model.pretrained`` (None / "none" = no pretrained weights).
 PRETRAINED = ("imgfocus",)
+
+#: Values of ``model.host``.
+HOSTS = ("plain", "adapter")
 
 
 @dataclass
@@ -52,15 +64,23 @@ class VISOutput:
 
 
 class VISModel(nn.Module):
-    """PrunableViT + :class:`SimplePyramid` + :class:`MaskDecoder`.
+    """PrunableViT in a host: ``plain`` (:class:`SimplePyramid` + :class:`MaskDecoder`, children ``pyramid``,
+    ``decoder``) or ``adapter`` (:class:`~vppkit.models.adapter.ViTAdapter` + :class:`Mask2FormerHead`, children
+    ``adapter``, ``head``). ``backbone`` stays the PrunableViT in both (experiments may swap its pruner).
 
     Args:
         backbone: a ``PrunableViT`` (vppkit.models.vit), forward(images, state, execution=...) -> BackboneOutput.
         num_classes: C object classes.
-        dim: pyramid / decoder width D.
+        dim: pyramid / decoder width D (adapter host: a multiple of 32).
         num_queries: Q.
         dec_layers: decoder layers.
         heads: decoder attention heads.
+        host: ``"plain"`` or ``"adapter"``.
+        adapter: adapter-host sizes (the ``model.adapter`` section: :class:`ViTAdapter` arguments and
+            ``pixel_decoder_layers``); ignored by the plain host.
+
+    Raises:
+        ValueError: unknown host.
 
     Forward:
         images (B, 3, H, W), float in [0, 1] or uint8 in [0, 255] (ImageNet normalisation is done here),
@@ -69,13 +89,22 @@ class VISModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, dim: int = 64, num_queries: int = 10,
-                 dec_layers: int = 3, heads: int = 4) -> None:
+                 dec_layers: int = 3, heads: int = 4, host: str = "plain", adapter: dict | None = None) -> None:
         super().__init__()
+        if host not in HOSTS:
+            raise ValueError(f"model.host must be one of {HOSTS}, got {host!r}")
         self.backbone = backbone
         embed_dim = getattr(backbone, "embed_dim", None) or backbone.vit.embed_dim
         self.num_classes = num_classes
-        self.pyramid = SimplePyramid(embed_dim, dim)
-        self.decoder = MaskDecoder(dim, num_classes, num_queries, dec_layers, heads)
+        self.host = host
+        if host == "plain":
+            self.pyramid = SimplePyramid(embed_dim, dim)
+            self.decoder = MaskDecoder(dim, num_classes, num_queries, dec_layers, heads)
+        else:
+            akw = dict(adapter or {})
+            pd_layers = int(akw.pop("pixel_decoder_layers", 6))
+            self.adapter = ViTAdapter(embed_dim, **akw)
+            self.head = Mask2FormerHead(embed_dim, num_classes, dim, num_queries, dec_layers, heads, pd_layers)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone_frozen = False
@@ -83,10 +112,10 @@ class VISModel(nn.Module):
         self.backbone_info: dict = {}
 
     def backbone_weights(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) of the backbone ViT's own weights: everything under ``backbone.`` except the
-        pruner's modules (Map-SM, SM gates, predictors), which are never part of the frozen set."""
-        return [(n, p) for n, p in self.named_parameters()
-                if n.startswith("backbone.") and ".pruner." not in n]
+        """(name, parameter) of the backbone's own weights: everything under ``backbone.`` except the pruner's
+        modules (Map-SM, SM gates, predictors), which are never part of the frozen set, and, in the adapter host,
+        the ViT-Adapter (``adapter.``; part of the backbone in the official code)."""
+        return [(n, p) for n, p in self.named_parameters() if _in_backbone(n)]
 
     def freeze_backbone(self, frozen: bool = True) -> int:
         """Freeze (``requires_grad=False``) or unfreeze the backbone ViT's weights; returns how many tensors.
@@ -105,7 +134,8 @@ class VISModel(nn.Module):
     def _backbone_needs_grad(self) -> bool:
         if not self.backbone_frozen:
             return True
-        return any(p.requires_grad for p in self.backbone.parameters())
+        mods = [self.backbone] + ([self.adapter] if self.host == "adapter" else [])
+        return any(p.requires_grad for m in mods for p in m.parameters())
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] (B, 3, H, W) -> ImageNet-normalised float."""
@@ -114,34 +144,51 @@ class VISModel(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.pixel_mean) / self.pixel_std
 
+    def _run_backbone(self, x: torch.Tensor, state: Any, **kw):
+        """The PrunableViT (plain host: a BackboneOutput) or the ViT-Adapter around it (an AdapterOutput)."""
+        if self.host == "plain":
+            return self.backbone(x, state, **kw)
+        return self.adapter(self.backbone, x, state, **kw)
+
     def forward(self, images: torch.Tensor, state: Any = None, execution: str | None = None,
                 return_intermediates: bool = False) -> VISOutput:
         x = self.normalize(images)
+        kw = dict(execution=execution, return_intermediates=return_intermediates)
         if torch.is_grad_enabled() and not self._backbone_needs_grad():
             # frozen dense backbone: nothing inside it trains, so no graph is needed (2-3x cheaper steps)
             with torch.no_grad():
-                bb = self.backbone(x, state, execution=execution, return_intermediates=return_intermediates)
+                res = self._run_backbone(x, state, **kw)
         else:
-            bb = self.backbone(x, state, execution=execution, return_intermediates=return_intermediates)
-        mask_features, levels = self.pyramid(bb.tokens, tuple(bb.grid))
-        out = self.decoder(mask_features, levels)
+            res = self._run_backbone(x, state, **kw)
+        if self.host == "plain":
+            bb = res
+            mask_features, levels = self.pyramid(bb.tokens, tuple(bb.grid))
+            out = self.decoder(mask_features, levels)
+        else:
+            bb = res.backbone
+            out = self.head(res.features)
         return VISOutput(out["pred_logits"], out["pred_masks"], out["embeds"], out["aux_outputs"], bb)
 
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1) -> list[dict]:
-        """AdamW parameter groups (vpp-notes §7.2): backbone lr × ``backbone_lr_mult`` except the pruner's
-        modules (lr × 1, like VPP's selective/matching modules); no weight decay on norms, biases, queries,
-        position / level embeddings and the CLS token."""
+        """AdamW parameter groups (vpp-notes §7.2): backbone lr × ``backbone_lr_mult`` (the ViT-Adapter included,
+        as in the official code) except the pruner's modules (lr × 1, like VPP's selective/matching modules); no
+        weight decay on norms, biases, queries, position / level embeddings and the CLS token."""
         groups: dict[tuple[float, float], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            in_backbone = name.startswith("backbone.") and ".pruner." not in name and not name.startswith(
-                "backbone.pruner.")
-            no_decay = (p.ndim <= 1 or name.endswith(".bias") or "query_" in name or "level_embed" in name
-                        or "pos_embed" in name or "cls_token" in name or "reg_token" in name)
+            in_backbone = _in_backbone(name)
+            no_decay = (p.ndim <= 1 or name.endswith(".bias") or "query_" in name or "queries_" in name
+                        or "level_embed" in name or "pos_embed" in name or "cls_token" in name
+                        or "reg_token" in name)
             key = (lr * (backbone_lr_mult if in_backbone else 1.0), 0.0 if no_decay else weight_decay)
             groups.setdefault(key, []).append(p)
         return [{"params": ps, "lr": k[0], "initial_lr": k[0], "weight_decay": k[1]} for k, ps in groups.items()]
+
+
+def _in_backbone(name: str) -> bool:
+    """Whether parameter ``name`` belongs to the backbone (ViT, or the ViT-Adapter) and not to the pruner."""
+    return (name.startswith("backbone.") or name.startswith("adapter.")) and ".pruner." not in name
 
 
 def build_pruner(pcfg: dict | None, dim: int):
@@ -223,7 +270,9 @@ def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, di
 def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load_pretrained: bool = True) -> VISModel:
     """Build the VIS model from the config's ``model`` (and ``pruning``) sections.
 
-    ``mcfg`` keys: ``arch`` (backbone name for ``build_backbone``), ``img_size`` ([H, W] or int), ``dim``,
+    ``mcfg`` keys: ``arch`` (backbone name for ``build_backbone``), ``img_size`` ([H, W] or int), ``host`` (``plain``
+    or ``adapter``; default plain) with ``adapter`` (its sizes; the ViT-Adapter's drop path is the backbone's
+    ``drop_path_rate``, as in the official code), ``dim``,
     ``num_queries``, ``dec_layers``, ``heads``, optional ``backbone_checkpoint`` (a local timm state dict),
     ``pretrained`` (``imgfocus``; see :func:`resolve_backbone`, with ``fallback``) and ``backbone_kwargs``
     (forwarded to timm, e.g. ``drop_path_rate``). The pruner gets the backbone width. The returned model's
@@ -235,7 +284,13 @@ def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load
                            **(mcfg.get("backbone_kwargs") or {}))
     pruner = build_pruner(pcfg, dense.embed_dim)
     backbone = PrunableViT(dense.vit, pruner) if pruner is not None else dense
+    host = str(mcfg.get("host") or "plain")         # checkpoints saved before model.host have none: plain
+    adapter = None
+    if host == "adapter":
+        adapter = {k: (tuple(tuple(r) for r in v) if k == "interaction_indexes" else v)
+                   for k, v in (mcfg.get("adapter") or {}).items()}
+        adapter["drop_path"] = float((mcfg.get("backbone_kwargs") or {}).get("drop_path_rate", 0.0))
     model = VISModel(backbone, num_classes, dim=int(mcfg["dim"]), num_queries=int(mcfg["num_queries"]),
-                     dec_layers=int(mcfg["dec_layers"]), heads=int(mcfg["heads"]))
+                     dec_layers=int(mcfg["dec_layers"]), heads=int(mcfg["heads"]), host=host, adapter=adapter)
     model.backbone_info = {**info, "model": {k: v for k, v in mcfg.items() if k != "backbone_checkpoint"}}
     return model
