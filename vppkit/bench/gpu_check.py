@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     mcfg = ({"arch": "vit_nano", "img_size": [32, 48], "dim": 16, "num_queries": 4, "dec_layers": 1, "heads": 2}
             if args.tiny else {"arch": "vit_small", "img_size": list(PAPER_IMG), "dim": 256, "num_queries": 100,
                                "dec_layers": 9, "heads": 8})
-    hosts = [("vit", mcfg)] + ([("adapter", {**mcfg, "host": "adapter"})] if adapter else [])
+    # the adapter's Mask2Former head needs dim a multiple of 32 (GroupNorm) and the spatial prior a stride-32 map
+    amcfg = {**mcfg, "host": "adapter", **({"dim": 32, "img_size": [64, 64]} if args.tiny else {})}
+    hosts = [("vit", mcfg)] + ([("adapter", amcfg)] if adapter else [])
     for host, mc in hosts:
         for stage in ("dense", "sparse"):
             if res["train"] and time.perf_counter() - t0 > args.budget_s:
