@@ -25,6 +25,7 @@ Settings: an optional ``oracle:`` section of the profile config overrides :data:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch
 from experiments.common import Context
 from experiments.selectors import frame_indices, pruned_dense_model
 from experiments.zoo import dense_analysis
+from vppkit.config import OracleConfig
 from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
 from vppkit.data.ytvis import subset_frames
@@ -44,14 +46,9 @@ from vppkit.metrics.ytvis_ap import evaluate_video_ap
 
 log = logging.getLogger("vppkit.experiments")
 
-DEFAULTS: dict[str, Any] = {
-    "block": 1,                 # first block the dropped patches skip (0-based; VPP's Map-SM acts at block 1)
-    "fractions": [0.25, 0.5],   # fraction of each frame's instance patches dropped (and as many background ones)
-    "frame_stride": 1,          # every s-th frame of each held-out video
-    "max_videos": None,         # first videos of the held-out split (None: all)
-    "seed": 0,                  # draws of the dropped patches
-    "batch": 16,                # frames per forward
-}
+#: The study's settings when a config has no ``oracle:`` section: the schema's defaults
+#: (:class:`vppkit.config.OracleConfig`, where each is written and commented once).
+DEFAULTS: dict[str, Any] = dataclasses.asdict(OracleConfig())
 CONDITIONS = ("dense", "drop_instance", "drop_background")
 
 

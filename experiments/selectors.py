@@ -43,6 +43,7 @@ the settings used are stored in the result.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import math
@@ -58,6 +59,7 @@ from scipy import stats
 
 from experiments.common import Context
 from experiments.zoo import dense_analysis
+from vppkit.config import SelectorsConfig
 from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames
 from vppkit.data.ytvis import subset_frames
@@ -67,29 +69,18 @@ from vppkit.metrics.coverage import covering_radius
 from vppkit.metrics.ioi import BIN_NAMES, IoIAccumulator
 from vppkit.metrics.patch_labels import DEFAULT_RULE, patch_labels
 from vppkit.metrics.ytvis_ap import evaluate_video_ap
+from vppkit.models.blocks import attention_stats, block_attention_probs
 from vppkit.models.pruning.base import ExternalMaskPruner
 from vppkit.models.pruning.schedules import keep_count
 from vppkit.models.pruning.selection import SELECTORS, keep_mask_from_indices, spatial_coverage
-from vppkit.models.blocks import attention_stats, block_attention_probs
 from vppkit.models.vit import PrunableViT
 from vppkit.utils.io import atomic_write_bytes
 
 log = logging.getLogger("vppkit.experiments")
 
-DEFAULTS: dict[str, Any] = {
-    "block": 3,                                   # 0-based block whose input tokens are selected (layer 4)
-    "keep_ratios": [0.05, 0.1, 0.2, 0.3, 0.5],    # kept fraction of the N patch tokens
-    "lambdas": [0.0, 0.25, 0.5, 1.0, 2.0],        # spatial k-center λ sweep
-    "selectors": ["random", "uniform", "attention", "kcenter", "divprune", "spatial_kcenter"],
-    "seeds": [0, 1, 2],                           # random selector: one condition per seed
-    "max_videos": 4,                              # first videos of the held-out split
-    "frame_stride": 2,                            # every s-th frame ...
-    "max_frames": 8,                              # ... at most this many per video (stride grows to spread them)
-    "split": "val",
-    "ap": True,                                   # run the pruned VIS model and evaluate video AP
-    "qualitative_ratio": 0.2,                     # keep ratio shown in the qualitative panel
-    "batch": 16,                                  # frames per forward
-}
+#: The study's settings when a config has no ``selectors:`` section: the schema's defaults
+#: (:class:`vppkit.config.SelectorsConfig`, where each is written and commented once).
+DEFAULTS: dict[str, Any] = dataclasses.asdict(SelectorsConfig())
 
 LABELS = {"random": "random", "uniform": "uniform grid", "attention": "attention received",
           "kcenter": "k-center (L2)", "divprune": "DivPrune", "spatial_kcenter": "spatial k-center"}

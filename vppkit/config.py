@@ -277,30 +277,30 @@ class SelectorsConfig:
     """``selectors``: training-free selector study (experiments/selectors.py)."""
 
     block: int = 3                     # 0-based block whose input tokens are selected
-    keep_ratios: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])
-    lambdas: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    keep_ratios: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])  # kept share of N
+    lambdas: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])    # spatial k-center λ sweep
     selectors: List[str] = field(default_factory=lambda: ["random", "uniform", "attention", "kcenter", "divprune",
                                                           "spatial_kcenter"])
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    max_videos: int = 4
-    frame_stride: int = 2
-    max_frames: int = 8
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # random selector: one condition per seed
+    max_videos: int = 4                # first videos of the held-out split
+    frame_stride: int = 2              # every s-th frame ...
+    max_frames: int = 8                # ... at most this many per video (stride grows to spread them)
     split: str = "val"
-    ap: bool = True
-    qualitative_ratio: float = 0.2
-    batch: int = 16
+    ap: bool = True                    # run the pruned VIS model and evaluate video AP
+    qualitative_ratio: float = 0.2     # keep ratio shown in the qualitative panel
+    batch: int = 16                    # frames per forward
 
 
 @dataclass
 class OracleConfig:
     """``oracle``: instance vs background patches dropped (experiments/oracle.py)."""
 
-    block: int = 1
-    fractions: List[float] = field(default_factory=lambda: [0.25, 0.5])
-    frame_stride: int = 1
-    max_videos: Optional[int] = None   # null: all
-    seed: int = 0
-    batch: int = 16
+    block: int = 1                     # first block the dropped patches skip (0-based; Map-SM acts at block 1)
+    fractions: List[float] = field(default_factory=lambda: [0.25, 0.5])  # share of each frame's instance patches
+    frame_stride: int = 1              # every s-th frame of each held-out video
+    max_videos: Optional[int] = None   # first videos of the held-out split (null: all)
+    seed: int = 0                      # draws of the dropped patches
+    batch: int = 16                    # frames per forward
 
 
 @dataclass
