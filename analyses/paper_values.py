@@ -73,11 +73,13 @@ DENSITY_FIG5_DESCRIPTION = (
 # report's "what this run scaled down" table compares a profile against. Text, quoted; nothing computed.
 PAPER_SETUP = {
     "data": "YouTube-VIS 2019 / 2021 train (40 classes), evaluated on the valid split",
+    "host": "ViT-Adapter (spatial prior conv_inplane 64, interactions [[0, 2], [3, 5], [6, 8], [9, 11]] + 2 extra "
+            "extractors, deformable attention 6 heads x 4 points, cffn 0.25) -> Mask2Former (ROVIS)",
     "backbone": "ViT-Adapter-T / -S around DeiT-T / -S (patch 16), from a COCO-pretrained Mask2Former",
     "backbone training": "trained, lr x0.1",
     "input": "long side 960 px, padded to /32 (1280x720 -> 544x960, N = 2040 tokens)",
     "VIS head": "ROVIS: Mask2Former, 256-d, 100 queries, 9 decoder layers, MSDeformAttn pixel decoder",
-    "mask loss": "BCE + Dice on 12544 sampled points",
+    "mask loss": "BCE + Dice on 12544 sampled points (importance sampling 0.75, oversample 3.0)",
     "dense stage": "6 epochs over annotated key frames, 8 samples / step (1 per GPU x 8), key + 1 reference",
     "sparse stage": "6 epochs, 8 samples / step, 3-frame chains reff -> ref -> key",
     "segmentation loss per frame": "key (static queries) x1 + ref (track queries) x0.5 + key (track queries) x0.5; "

@@ -78,6 +78,17 @@ def _weights(tcfg: dict) -> str:
     return " / ".join(f"x{w}" for w in tcfg["frame_loss_weights"])
 
 
+def _host_line(m: dict) -> str:
+    """``model.host`` in words, with the adapter's sizes (the ``model.adapter`` section) where it is used."""
+    if m["host"] != "adapter":
+        return "`plain`: ViT -> simple pyramid -> query decoder (CPU-sized; no spatial-prior path)"
+    a = m["adapter"]
+    return (f"`adapter`: ViT-Adapter (spatial prior conv_inplane {a['conv_inplane']}, interactions "
+            f"{[list(r) for r in a['interaction_indexes']]} + {a['extra_extractors']} extra extractors, deformable "
+            f"attention {a['deform_heads']} heads x {a['deform_points']} points, cffn {a['cffn_ratio']:g}) "
+            "-> Mask2Former")
+
+
 def setup_section(ctx: Context) -> list[str]:
     """Markdown lines: this profile's setup next to the paper's (what was scaled down for the CPU).
 
@@ -105,15 +116,22 @@ def setup_section(ctx: Context) -> list[str]:
     points = int(cfg["loss"]["num_points"])
     ours = {
         "data": data,
-        "backbone": f"plain ViT `{m['arch']}` (no adapter), "
+        "host": _host_line(m),
+        "backbone": (f"ViT-Adapter around ViT `{m['arch']}`, " if m["host"] == "adapter"
+                     else f"plain ViT `{m['arch']}` (no adapter), ")
                     + (f"pretrained `{pretrained}`" if pretrained else "trained from scratch"),
         "backbone training": "frozen (pruner modules, pyramid and decoder train)" if frozen
                              else ("frozen" if dense_cfg["freeze_backbone"] else f"trained, lr x{lr_mult}")
                              + f" (sparse stage: {sparse_training})",
         "input": f"{size[0]}x{size[1]} px, N = {grid[0]}x{grid[1]} tokens (frames resized, no padding)",
-        "VIS head": f"MinVIS-style: simple pyramid + masked-attention decoder, {m['dim']}-d, "
-                    f"{m['num_queries']} queries, {m['dec_layers']} decoder layers (docs/vis_model.md)",
-        "mask loss": f"BCE + Dice on {points} sampled points" if points else "BCE + Dice on every stride-4 pixel",
+        "VIS head": (f"Mask2Former: MSDeformAttn pixel decoder ({m['adapter']['pixel_decoder_layers']} layers) + "
+                     if m["host"] == "adapter" else "MinVIS-style: simple pyramid + ")
+                    + f"masked-attention decoder, {m['dim']}-d, {m['num_queries']} queries, {m['dec_layers']} "
+                    "decoder layers (docs/vis_model.md)",
+        "mask loss": (f"BCE + Dice on {points} sampled points"
+                      + (f" (importance sampling {cfg['loss']['importance_sample_ratio']:g})"
+                         if cfg["loss"]["importance_sample_ratio"] else " (uniform)")
+                      if points else "BCE + Dice on every stride-4 pixel"),
         "dense stage": _stage_line(ctx, "dense"),
         "sparse stage": _stage_line(ctx, "sparse"),
         "segmentation loss per frame": (f"dense {_weights(dense_cfg)}; sparse {_weights(sparse_cfg)} (chain "

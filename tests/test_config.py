@@ -77,7 +77,7 @@ def test_paper_scale_profiles_use_the_official_drop_path():
     build_vis_model hands it to timm: every block's DropPath carries the rate's share (timm: linspace(0, rate))."""
     for name, rate in (("ytvis19_tiny", 0.1), ("ytvis21_tiny", 0.1), ("ytvis19_small", 0.2), ("ytvis21_small", 0.2)):
         assert load_config(name)["model"]["backbone_kwargs"] == {"drop_path_rate": rate}, name
-    mcfg = {**load_config("ytvis21_small")["model"], "img_size": [32, 32], "dim": 16, "num_queries": 2,
+    mcfg = {**load_config("ytvis21_small")["model"], "img_size": [64, 64], "dim": 32, "num_queries": 2,
             "dec_layers": 1, "heads": 2}
     blocks = build_vis_model(mcfg, num_classes=2).backbone.vit.blocks
     probs = [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in blocks]

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from analyses.report import setup_section
 from experiments import zoo
+from experiments.common import Context
 from vppkit.config import load_config
 from vppkit.engine.infer import infer_checkpoint, load_keep_records, video_rng
 from vppkit.engine.train import train
@@ -105,3 +107,14 @@ def test_noisy_inference_is_repeatable_given_the_seed(cache):
     assert np.array_equal(_masks(cache / "d"), _masks(cache / "d2"))                # ... and ignores the seed
     summary = json.loads((cache / "a" / "summary.json").read_text())
     assert summary["noise"] is True and summary["settings"]["seed"] == 0
+
+
+@pytest.mark.parametrize("profile, host", [("default", "plain"), ("ytvis21_small", "adapter")])
+def test_setup_table_names_the_host(tmp_path, profile, host):
+    """The report's setup table (index.md) has a host row naming ``model.host`` and, for the adapter, its sizes
+    (issue 13); the paper column names the official ViT-Adapter + Mask2Former."""
+    ctx = Context(profile, load_config(profile), results_dir=tmp_path / "r", reports_dir=tmp_path / "p")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in setup_section(ctx) if line.startswith("| ")}
+    assert f"`{host}`" in rows["host"] and "ViT-Adapter (spatial prior conv_inplane 64" in rows["host"]
+    assert ("deformable attention 6 heads x 4 points" in rows["host"].split(" | ")[1]) == (host == "adapter")
+    assert ("Mask2Former: MSDeformAttn" in rows["VIS head"]) == (host == "adapter")
