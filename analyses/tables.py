@@ -25,6 +25,7 @@ from analyses.paper_values import (
 )
 from analyses.render import Entry, relative, write_table
 from experiments.common import Context
+from vppkit.engine.train import stage_config
 
 
 def _table_entry(ctx: Context, df: pd.DataFrame, stem: str, title: str, caption: str,
@@ -235,7 +236,33 @@ def training_table(ctx: Context, result: dict) -> list[Entry]:
            "target' (fraction of patch tokens the layer processes; mean over the batch and the chain frames that "
            "have a previous frame). Curves: training_curves.png. " + _ours_note(ctx, result))
     return [_table_entry(ctx, out, "training_table", "Training curves: end-of-training losses and keep ratios",
-                         cap, ".3f")]
+                         cap, ".3f"), *training_cost_table(ctx, result)]
+
+
+def training_cost_table(ctx: Context, result: dict) -> list[Entry]:
+    """Training cost per run (:func:`experiments.training.step_cost`): ms per optimizer step (median, IQR), CPU ms,
+    load, steps and the run's wall time; [] when no run logged its step times."""
+    rows = []
+    for r in result["runs"].values():
+        c = r.get("cost") or {}
+        if not c:
+            continue
+        rows.append({"model": r["label"], "stage": r["stage"], "steps": r["steps"],
+                     "ms / step (median)": c["ms_median"], "IQR (ms)": f"{c['ms_q25']:.0f}-{c['ms_q75']:.0f}",
+                     "CPU ms / step": c["cpu_ms_median"], "load (1-min, median)": c["load1_median"],
+                     "run wall time (min)": c["wall_s"] / 60.0})
+    if not rows:
+        return []
+    cap = ("Measured in this profile's training runs (metrics.csv: wall `sec` per optimizer step = waiting for the "
+           "batch + forward + backward + update; `cpu_sec` of the training process, all threads). Dense: "
+           f"{stage_config(ctx.cfg, 'dense')['batch']} clips x {stage_config(ctx.cfg, 'dense')['clip_frames']} "
+           "frames per step "
+           "(frozen backbone: under no_grad); sparse: "
+           f"{stage_config(ctx.cfg, 'sparse')['batch']} x {stage_config(ctx.cfg, 'sparse')['clip_frames']}-frame "
+           "chains in masked execution (every block runs all N tokens, so a sparse step is not cheaper than a dense "
+           "one). Wall times depend on the machine's load, shown per run. " + _ours_note(ctx, result))
+    return [_table_entry(ctx, pd.DataFrame(rows), "training_cost", "Training cost: ms per optimizer step", cap,
+                         ".1f")]
 
 
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {

@@ -17,6 +17,10 @@ per-block keep ratios were logged have no ``keep_b`` series (``keep_logged`` Fal
 
 docs/reading.md argues that short fine-tuning leaves the gates untrained; these curves show, run by run, whether
 the realised keep ratios reached their targets and whether the task loss recovered.
+
+``cost`` (:func:`step_cost`): what a training step cost in that run (issue 15: users budget fine-tuning runs with
+it): wall ms per step (median, IQR), CPU ms, the load while it ran, and the run's wall time. Sparse runs train in
+masked execution (every block runs all N tokens, pruned ones masked), so their cost is not the pruned inference's.
 """
 
 from __future__ import annotations
@@ -83,6 +87,22 @@ def schedule_targets(run_cfg: dict) -> tuple[list[int], dict[int, float]]:
     return blocks, {b: fractions[b] for b in blocks}
 
 
+def step_cost(df: pd.DataFrame) -> dict:
+    """Training cost of one run from its ``metrics.csv`` rows: per optimizer step, the median and interquartile
+    range of the wall time ``sec`` (waiting for the batch + forward + backward + update; ms), the median
+    ``cpu_sec`` of the training process (all its threads; ms), the median 1-minute load average while it ran
+    (``load1``, logged since issue 15; None for older runs), and the run's total wall time (s) over its steps.
+    Empty dict when the run logged no ``sec``."""
+    if "sec" not in df:
+        return {}
+    sec = df["sec"].astype(float) * 1000.0
+    out = {"ms_median": float(sec.median()), "ms_q25": float(sec.quantile(0.25)), "ms_q75": float(sec.quantile(0.75)),
+           "wall_s": float(df["sec"].astype(float).sum()), "steps_timed": int(len(df))}
+    out["cpu_ms_median"] = float(df["cpu_sec"].astype(float).median() * 1000.0) if "cpu_sec" in df else None
+    out["load1_median"] = float(df["load1"].astype(float).median()) if "load1" in df else None
+    return out
+
+
 def run_curves(run_dir: Path, spec: dict) -> dict:
     """The curves of one run folder (``metrics.csv`` + ``config.json``) as a JSON-ready dict (module docstring)."""
     df = pd.read_csv(run_dir / "metrics.csv")
@@ -100,6 +120,7 @@ def run_curves(run_dir: Path, spec: dict) -> dict:
         "keep_logged": bool(keep_cols) or not sparse,
         "series": {c: [float(v) for v in binned[c]] for c in cols},
         "final": {c: float(tail[c]) for c in cols if c != "step"},
+        "cost": step_cost(df),
     }
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 
-from experiments import zoo
+from experiments import training, zoo
 from experiments.common import Context
 from experiments.common import ARTIFACTS
 from vppkit.commands.run import run_artifact
@@ -167,3 +168,21 @@ def test_training_curves_of_every_trained_model(smoke_run):
     assert vpp["series"]["keep_b1"] == pytest.approx([25 / 36] * 2)
     assert runs["dynamicvit40"]["pruning_blocks"] == [3, 6, 9]
     assert (ctx.reports_dir / "training_curves.png").is_file()
+    # training cost (issue 15): measured from each run's metrics.csv, in its own table
+    cost = vpp["cost"]
+    assert cost["steps_timed"] == 2 and cost["ms_q25"] <= cost["ms_median"] <= cost["ms_q75"] and cost["wall_s"] > 0
+    assert cost["load1_median"] is not None and cost["cpu_ms_median"] > 0
+    table = (ctx.reports_dir / "training_cost.md").read_text()
+    assert "ms / step (median)" in table and "VPP" in table
+
+
+def test_step_cost_reads_the_logged_step_times():
+    """step_cost: median / IQR of the wall ``sec`` in ms, CPU ms and load from metrics.csv rows; {} without ``sec``
+    (runs logged before step times)."""
+    df = pd.DataFrame({"step": [1, 2, 3, 4, 5], "sec": [0.5, 0.1, 0.2, 0.3, 0.2], "cpu_sec": [1.0, 0.2, 0.4, 0.6, 0.4],
+                       "load1": [1.0, 1.0, 2.0, 2.0, 3.0]})
+    c = training.step_cost(df)
+    assert c["ms_median"] == pytest.approx(200.0) and c["ms_q25"] == pytest.approx(200.0)
+    assert c["ms_q75"] == pytest.approx(300.0) and c["wall_s"] == pytest.approx(1.3)
+    assert c["cpu_ms_median"] == pytest.approx(400.0) and c["load1_median"] == pytest.approx(2.0)
+    assert training.step_cost(df.drop(columns=["sec"])) == {}

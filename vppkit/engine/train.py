@@ -28,8 +28,9 @@ worker count (tested), which is why ``workers`` is left out of config hashes (:d
 Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps and at the end), ``model_final.pt``,
 ``metrics.csv`` (one row per step: ``loss`` (total), ``loss_seg`` (weighted task loss) and its parts,
 ``loss_sparse``, sparse stage ``keep_ratio`` and ``keep_b0`` .. ``keep_b11`` (:func:`chain_loss`), ``lr``, wall
-``sec`` (waiting for the batch + the step) and ``cpu_sec`` of the training process (all its threads; loader
-workers not counted); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the
+``sec`` (waiting for the batch + the step), ``cpu_sec`` of the training process (all its threads; loader
+workers not counted) and ``load1`` (the machine's 1-minute load average after the step: timings are comparable
+only at similar load); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the
 checkpointed step), ``config.json`` (+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0
 writes.
 """
@@ -40,6 +41,7 @@ import csv
 import io
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -510,7 +512,8 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         dt = time.perf_counter() - ts
         rows.append({"step": step + 1, "loss": float(loss.detach()), **{k: round(v, 6) for k, v in logs.items()},
                      "lr": opt.param_groups[0]["lr"], "sec": round(dt, 4),
-                     "cpu_sec": round(time.process_time() - cs, 4)})  # CPU time, all threads (shared machines)
+                     "cpu_sec": round(time.process_time() - cs, 4),  # CPU time, all threads (shared machines)
+                     "load1": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None})
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", s_step=f"{dt:.2f}")
         bar.update(1)
         done = step + 1
