@@ -359,12 +359,15 @@ def test_host_config_builds_the_adapter_host_and_keeps_plain_by_default():
     assert m.host == "adapter" and len(m.head.pixel_decoder.encoder.layers) == 2
     assert len(m.head.transformer.decoder.layers) == cfg["model"]["dec_layers"]
     assert m.adapter.interactions[0].extractor.drop_path.drop_prob == pytest.approx(0.1)
-    # the adapter is part of the backbone: lr x backbone_lr_mult, frozen with it
+    # the adapter is part of the backbone's lr group (lr x backbone_lr_mult, as the official code) but is not
+    # frozen with the ViT: it is new (random init) where the ViT is the pretrained part
     groups = m.param_groups(1.0, 0.05, backbone_lr_mult=0.1)
     adapter_ids = {id(p) for p in m.adapter.parameters()}
     assert all(g["lr"] == pytest.approx(0.1) for g in groups if any(id(p) in adapter_ids for p in g["params"]))
     m.freeze_backbone(True)
-    assert not any(p.requires_grad for p in m.adapter.parameters())
+    assert all(p.requires_grad for p in m.adapter.parameters())
+    assert not any(p.requires_grad for n, p in m.backbone.named_parameters() if ".pruner." not in n)
+    assert m._backbone_needs_grad()          # the injectors feed the frozen blocks: gradients must cross them
     with pytest.raises(ValueError, match="host"):
         VISModel(m.backbone, 2, host="nope")
     with pytest.raises(ValueError, match="multiple of 32"):

@@ -394,7 +394,7 @@ def _build_for_training(cfg: dict, tcfg: dict, num_classes: int, pcfg: dict | No
         log.warning("%s", note)
     if freeze:
         model.freeze_backbone(True)
-        note = "backbone ViT weights frozen (not in the optimizer); pruner, pyramid and decoder train"
+        note = "backbone ViT weights frozen (not in the optimizer); pruner and head (adapter host: ViT-Adapter too) train"
     backbone.update(frozen=freeze, freeze_note=note,
                     trainable_params=int(sum(p.numel() for p in model.parameters() if p.requires_grad)))
     model.backbone_info = backbone

@@ -112,18 +112,23 @@ class VISModel(nn.Module):
         self.backbone_info: dict = {}
 
     def backbone_weights(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) of the backbone's own weights: everything under ``backbone.`` except the pruner's
-        modules (Map-SM, SM gates, predictors), which are never part of the frozen set, and, in the adapter host,
-        the ViT-Adapter (``adapter.``; part of the backbone in the official code)."""
-        return [(n, p) for n, p in self.named_parameters() if _in_backbone(n)]
+        """(name, parameter) of the ViT's own weights, the set :meth:`freeze_backbone` freezes: everything under
+        ``backbone.`` except the pruner's modules (Map-SM, SM gates, predictors), which always train. The
+        ViT-Adapter (``adapter.``) is not in this set: in the CPU profiles the ViT is the pretrained part and the
+        adapter is new (random init), so a frozen adapter would never learn (it stays in the backbone's lr group,
+        :meth:`param_groups`, as in the official code)."""
+        return [(n, p) for n, p in self.named_parameters() if n.startswith("backbone.") and ".pruner." not in n]
 
     def freeze_backbone(self, frozen: bool = True) -> int:
-        """Freeze (``requires_grad=False``) or unfreeze the backbone ViT's weights; returns how many tensors.
+        """Freeze (``requires_grad=False``) or unfreeze the backbone ViT's weights (:meth:`backbone_weights`);
+        returns how many tensors.
 
         Frozen weights are left out of :meth:`param_groups` (hence of the optimizer) and never change. The
-        pruner's modules, the pyramid and the decoder still train, and in masked execution gradients still
-        flow *through* the frozen blocks (activations keep their graph) to the gates. When the backbone has no
-        trainable parameter at all (dense model, frozen), :meth:`forward` runs it under ``torch.no_grad()``.
+        pruner's modules, the pyramid and the decoder (adapter host: the ViT-Adapter and the Mask2Former head)
+        still train, and in masked execution gradients still flow *through* the frozen blocks (activations keep
+        their graph) to the gates. When nothing before the head trains (plain host, dense model, frozen),
+        :meth:`forward` runs the backbone under ``torch.no_grad()``; with the adapter host the injectors feed the
+        ViT blocks, so gradients cross the frozen blocks to them.
         """
         params = self.backbone_weights()
         for _, p in params:
