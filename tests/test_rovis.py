@@ -271,7 +271,7 @@ def test_rovis_training_step_gives_decoder_gradients(cache, stage):
     # the augmentation draws come from the step seed: the same step gives the same loss
     model.zero_grad()
     again, logs2, *_ = _step(cfg, stage, model)
-    assert float(again) == pytest.approx(float(loss), rel=1e-6) and logs2["track_queries"] == logs["track_queries"]
+    assert float(again.detach()) == pytest.approx(float(loss.detach()), rel=1e-6) and logs2["track_queries"] == logs["track_queries"]
 
 
 class _Recorder(torch.nn.Module):
@@ -322,6 +322,10 @@ def test_rovis_trains_and_infers_end_to_end_on_the_smoke_profile(cache):
     assert out["settings"]["tracker"] == "rovis" and out["settings"]["rovis_new_score"] == 0.0
     ap = evaluate_run(cache / "infer", out["gt_json"])
     assert 0.0 <= ap["AP"] <= 1.0
+    # the tracker is the run's setting: a sparse run from this init with tracker embedding infers as embedding
+    emb = load_config("smoke", ["model.tracker=embedding", "train.sparse.steps=1", "train.sparse.ckpt_every=1"])
+    sparse = train(emb, "sparse", init=run["checkpoint"], out_dir=cache / "sparse", progress=False)
+    assert "loss_key2" not in sparse["last"] and load_model(sparse["checkpoint"])[0].tracker == "embedding"
     with pytest.raises(ValueError, match="model.tracker"):
         build_vis_model({**cfg["model"], "tracker": "minvis"}, 1)
 

@@ -173,7 +173,8 @@ class StageConfig:
     clip_frames: int = 2               # frames per clip
     ckpt_every: int = 100              # checkpoint every n steps
     # segmentation-loss weight per chain position, first frame first (one per clip frame; the official
-    # ROVIS weights, vppkit.engine.train.chain_loss)
+    # ROVIS weights, vppkit.engine.train.chain_loss; model.tracker rovis: the last two weigh the key (static
+    # queries) and the reference (track queries from the key), earlier ones must be 0)
     frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])
     batch: int = MISSING
     lr: float = MISSING

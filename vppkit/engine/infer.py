@@ -111,6 +111,9 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
                 seed: int | None = None) -> tuple[list[dict], list[KeepRecord]]:
     """Run one video online: backbone (+ pruner state) -> tracker -> upsampled, thresholded masks -> results.
 
+    The tracker is the model's (``model.tracker``): ``embedding`` (MinVIS query matching) or ``rovis`` (track
+    queries; :func:`vppkit.models.vis.rovis.rovis_track_step`, the ``rovis_*`` settings).
+
     Random draws at inference (the pruners' Gumbel noise with ``inference_noise``: VPP's Map-SM / SMs, SViT's
     gates, DynamicViT's ranking) come from torch's default generator; with ``seed`` they are seeded per video from
     (seed, video id) (:func:`video_rng`) inside a forked RNG state, so a video's results do not depend on which

@@ -78,13 +78,13 @@ SAMPLE_UNITS = ("video", "frame")
 TRAINING_SECTIONS = ("seed", "data", "model", "loss", "train", "pruning")
 
 #: The code a trained model depends on: data loading, the model (ViT, pruners, VIS head and losses), pretrained
-#: weight conversion, and this training loop with its checkpoint / DDP helpers. Its
+#: weight conversion, and this training loop with its ROVIS loss and checkpoint / DDP helpers. Its
 #: :func:`~vppkit.utils.provenance.code_version` is part of :func:`run_key`, so a change here retrains, while a
 #: change to analysis code (``vppkit.metrics``, ``vppkit.engine.infer``, ``vppkit.flops``, ``vppkit.bench``,
 #: ``experiments``, ``analyses``) reuses the trained models. Note ``vppkit.models`` is keyed whole (training-free
 #: selectors in ``vppkit.models.pruning.selection`` included) and this module also holds :func:`load_model`.
-TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.checkpoint",
-                 "vppkit.engine.distributed")
+TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.rovis_loss",
+                 "vppkit.engine.checkpoint", "vppkit.engine.distributed")
 
 
 def training_config(cfg: dict) -> dict:
@@ -419,8 +419,11 @@ def _build_for_training(cfg: dict, tcfg: dict, num_classes: int, pcfg: dict | No
     ck_init = load_checkpoint(init) if init else None
     init_bb = (ck_init or {}).get("backbone") or {}
     if init_bb.get("model"):
-        model = build_vis_model(init_bb["model"], num_classes, pcfg, load_pretrained=False)
+        # the model as the init checkpoint built it, with this run's tracker (a training / inference setting)
+        mdl = {**init_bb["model"], "tracker": str(cfg["model"].get("tracker") or "embedding")}
+        model = build_vis_model(mdl, num_classes, pcfg, load_pretrained=False)
         backbone = {k: v for k, v in init_bb.items() if k not in ("frozen", "freeze_note", "trainable_params")}
+        backbone["model"] = mdl
         backbone["reason"] = f"{backbone.get('reason')} [weights from --init {init}]"
     else:
         model = build_vis_model(cfg["model"], num_classes, pcfg)
