@@ -82,6 +82,8 @@ PAPER_SETUP = {
     "mask loss": "BCE + Dice on 12544 sampled points (importance sampling 0.75, oversample 3.0)",
     "dense stage": "6 epochs over annotated key frames, 8 samples / step (1 per GPU x 8), key + 1 reference",
     "sparse stage": "6 epochs, 8 samples / step, 3-frame chains reff -> ref -> key",
+    "tracker": "ROVIS track queries (static-query detections kept at score > 0.3, track-query ones > 0.25; "
+               "training: false negatives kept with p 0.8, false positives added with p 0.2)",
     "segmentation loss per frame": "key (static queries) x1 + ref (track queries) x0.5 + key (track queries) x0.5; "
                                    "none on reff (rovis.py)",
     "drop path": "0.1 (Tiny) / 0.2 (Small)",

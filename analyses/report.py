@@ -134,8 +134,14 @@ def setup_section(ctx: Context) -> list[str]:
                       if points else "BCE + Dice on every stride-4 pixel"),
         "dense stage": _stage_line(ctx, "dense"),
         "sparse stage": _stage_line(ctx, "sparse"),
+        "tracker": ("ROVIS track queries (the previous frame's decoded queries decoded with the static ones; "
+                    f"keep thresholds {cfg['eval']['rovis_new_score']:g} / {cfg['eval']['rovis_keep_score']:g})"
+                    if m["tracker"] == "rovis" else
+                    "query-embedding matching at inference (MinVIS style; no track queries in training)"),
         "segmentation loss per frame": (f"dense {_weights(dense_cfg)}; sparse {_weights(sparse_cfg)} (chain "
-                                        "order, last = key; no track queries)"),
+                                        "order, last = key)"
+                                        + (f"; + key with track queries x{dense_cfg['key_track_weight']:g}"
+                                           if m["tracker"] == "rovis" else "; no track queries")),
         "drop path": f"{float((m.get('backbone_kwargs') or {}).get('drop_path_rate', 0.0)):g}",
         "inference": ("Gumbel noise kept, seeded per video (results table: both modes)"
                       if cfg["eval"]["inference_noise"] else "deterministic (results table: both modes)"),

@@ -179,7 +179,7 @@ def _key_after_editing(monkeypatch, module: str, key_fn):
 ANALYSIS_MODULES = ("vppkit.metrics", "vppkit.metrics.ioi", "vppkit.engine.infer", "vppkit.flops", "vppkit.bench",
                     "experiments.zoo", "experiments.fgs", "experiments.common", "analyses.report")
 TRAINING_MODULES = ("vppkit.engine.train", "vppkit.models.vis.losses", "vppkit.models.vit", "vppkit.data.video",
-                    "vppkit.models.pruning.vpp")
+                    "vppkit.models.pruning.vpp", "vppkit.engine.rovis_loss")
 
 
 def test_trained_model_key_ignores_analysis_code_and_follows_training_code(monkeypatch):

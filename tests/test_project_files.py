@@ -109,5 +109,5 @@ def test_paper_scale_profiles_follow_the_official_schedule(profile):
         assert abs(t["decay_at"] - 4 / 6) < 1e-3
         assert steps_for(t, 1000, 8) == 750  # ceil(6 x 1000 / 8)
     # the paper's host (ViT-Adapter + Mask2Former, issue 13) with Mask2Former's point-sampled losses
-    assert cfg["model"]["host"] == "adapter" and cfg["model"]["dec_layers"] == 9 and cfg["model"]["num_queries"] == 100
+    assert cfg["model"]["host"] == "adapter" and cfg["model"]["tracker"] == "rovis" and cfg["model"]["dec_layers"] == 9 and cfg["model"]["num_queries"] == 100
     assert cfg["loss"]["num_points"] == 12544 and cfg["loss"]["importance_sample_ratio"] == 0.75

@@ -107,6 +107,9 @@ class ModelConfig:
     img_size: Any = field(default_factory=lambda: [192, 192])  # (H, W) px, or an int for a square input
     host: str = "plain"                # plain: ViT -> simple pyramid -> query decoder; adapter: ViT-Adapter +
                                        # Mask2Former (MSDeformAttn pixel decoder), the paper's host (DESIGN.md §7)
+    tracker: str = "embedding"         # embedding: per-frame model, tracks by matching query embeddings at
+                                       # inference (MinVIS); rovis: the paper's host's ROVIS track queries, trained
+                                       # with the 3-term loss (vppkit.models.vis.rovis, docs/vis_model.md)
     dim: int = 64                      # pyramid / decoder width D
     num_queries: int = 10              # object queries Q
     dec_layers: int = 3                # masked-attention decoder layers
@@ -151,6 +154,11 @@ class TrainConfig:
     ref_window: int = 5                # references within +-ref_window annotated frames (sample_unit frame)
     ref_order: str = "random"          # random | causal
     epochs: Optional[int] = None       # per stage; when set, the steps are derived from it (steps_for)
+    # model.tracker rovis only (vppkit.engine.rovis_loss; official train_cfg, TrackFormer's values):
+    track_query_keep: float = 0.8      # a matched query becomes a track query with this probability (official
+                                       # track_query_false_negative_prob, "the probability of keeping")
+    track_query_fp: float = 0.2        # per track query, probability of adding an unmatched query as a false positive
+    key_track_weight: float = 0.5      # key frame decoded again with track queries from the reference (ref2_ x0.5)
 
 
 #: Keys that exist per stage only (no shared ``train`` value).
@@ -165,7 +173,8 @@ class StageConfig:
     clip_frames: int = 2               # frames per clip
     ckpt_every: int = 100              # checkpoint every n steps
     # segmentation-loss weight per chain position, first frame first (one per clip frame; the official
-    # ROVIS weights, vppkit.engine.train.chain_loss)
+    # ROVIS weights, vppkit.engine.train.chain_loss; model.tracker rovis: the last two weigh the key (static
+    # queries) and the reference (track queries from the key), earlier ones must be 0)
     frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])
     batch: int = MISSING
     lr: float = MISSING
@@ -182,6 +191,9 @@ class StageConfig:
     ref_window: int = MISSING
     ref_order: str = MISSING
     epochs: Optional[int] = MISSING
+    track_query_keep: float = MISSING
+    track_query_fp: float = MISSING
+    key_track_weight: float = MISSING
 
 
 @dataclass
@@ -249,6 +261,10 @@ class EvalConfig:
     score: str = "present_mask"        # (track, class) score: mean | present | present_mask
     mask_threshold: float = 0.0        # mask logit threshold
     tracker_momentum: float = 0.0      # 0 = match to the previous frame (MinVIS)
+    # model.tracker rovis only (vppkit.models.vis.rovis; official ROVIS.predict / TrackFormerTracker):
+    rovis_new_score: float = 0.3       # a static-query detection starts a track above this score
+    rovis_keep_score: float = 0.25     # a track-query detection continues its track above this score
+    rovis_retain: int = 10             # frames an undetected track stays in memory (queried again; mmtrack default)
     inference_noise: bool = True       # Gumbel noise at inference (official code, supplementary §B); seeded
     workers: int = 0                   # DataLoader processes (speed only; RUNTIME_KEYS)
     patch_rule: str = "half"           # patch membership (= vppkit.metrics.patch_labels.DEFAULT_RULE; tested)

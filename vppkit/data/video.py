@@ -234,6 +234,16 @@ class VideoFrames:
         Raises:
             ValueError: an undecodable segmentation (names the annotation id, video id and frame).
         """
+        masks, visible = self._visible(vi, t)
+        return self._readers[vi].labels[visible], masks[visible]
+
+    def instance_ids(self, vi: int, t: int) -> torch.Tensor:
+        """Annotation ids (K,) int64 of the visible instances of frame ``t``, in the order of :meth:`instances`
+        (an instance's identity across the frames of its video: ROVIS track-query targets)."""
+        return self._readers[vi].instance_ids[self._visible(vi, t)[1]]
+
+    def _visible(self, vi: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every annotation's mask (K_all, H, W) bool at model size and which are visible (K_all,) bool."""
         key, reader = (vi, t), self._readers[vi]
         if key in self._masks:
             masks = self._masks[key]
@@ -246,7 +256,7 @@ class VideoFrames:
             if self.cache:
                 self._masks[key] = masks
         visible = masks.flatten(1).any(1) if masks.shape[0] else torch.zeros(0, dtype=torch.bool)
-        return reader.labels[visible], masks[visible]
+        return masks, visible
 
     def sample_clip(self, vi: int, length: int, max_gap: int, rng: np.random.Generator) -> list[int]:
         """``length`` frame indices of video ``vi`` in temporal order, consecutive gaps in [1, max_gap]

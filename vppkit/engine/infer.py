@@ -1,10 +1,17 @@
 """Online inference: frame by frame, carrying the backbone's temporal state and the tracker state per video.
 
 For every video: ``state = None`` (VPP: first frame has no Map-SM), ``track = None``; per frame the model runs under
-``torch.no_grad`` (gathered execution), the queries are put in track order (:func:`track_step`), the masks are
-upsampled to the original frame size, thresholded and RLE-encoded at once, and the class probabilities summed
-(:class:`VideoTrackAccumulator`). Nothing with a graph and no full-size mask tensor outlives its frame, so memory
-does not grow with video length beyond the compact RLEs the results need.
+``torch.no_grad`` (gathered execution), the masks are upsampled to the original frame size, thresholded and
+RLE-encoded at once. The model's ``tracker`` (``model.tracker``) decides how frames are linked:
+
+- ``embedding`` (MinVIS): the queries are put in track order (:func:`track_step`) and the class probabilities
+  summed (:class:`VideoTrackAccumulator`);
+- ``rovis``: the tracks in memory enter the decoder as track queries, each detection of a track query keeps that
+  track's id, static-query detections start new tracks (:mod:`vppkit.models.vis.rovis`); results per track id
+  (:class:`TrackResultsAccumulator`: mean detection score, majority class). Frames run one at a time.
+
+Nothing with a graph and no full-size mask tensor outlives its frame, so memory does not grow with video length
+beyond the compact RLEs the results need (and, for rovis, the retained tracks' queries).
 
 :func:`infer_video` is the one inference loop of the project: the results table (:func:`run_inference`), the
 training-free selector study and the oracle-pruning study (``experiments/selectors.py``, ``experiments/oracle.py``,
@@ -48,6 +55,7 @@ from vppkit.metrics.coco_frames import evaluate_frame_ap
 from vppkit.metrics.pkr import PKRAccumulator
 from vppkit.metrics.ytvis_ap import evaluate_video_ap
 from vppkit.models.records import KeepRecord
+from vppkit.models.vis.rovis import TrackResultsAccumulator, frame_detections, rovis_track_step
 from vppkit.models.vis.tracker import VideoTrackAccumulator, track_step
 from vppkit.utils.io import atomic_path, atomic_write_bytes, atomic_write_json
 
@@ -64,12 +72,18 @@ class EvalSettings:
         score: (track, class) scoring of :class:`VideoTrackAccumulator` ("mean" | "present" | "present_mask").
         mask_threshold: mask-logit threshold (0 = probability 0.5).
         tracker_momentum: tracker reference momentum (0 = MinVIS, match to the previous frame).
+        rovis_new_score, rovis_keep_score, rovis_retain: ``model.tracker: rovis`` only: score above which a
+            static-query detection starts a track (0.3) / a track-query detection continues one (0.25), frames an
+            undetected track stays in memory (10) (:mod:`vppkit.models.vis.rovis`).
     """
 
     top_k: int
     score: str
     mask_threshold: float
     tracker_momentum: float
+    rovis_new_score: float = EvalConfig.rovis_new_score
+    rovis_keep_score: float = EvalConfig.rovis_keep_score
+    rovis_retain: int = EvalConfig.rovis_retain
 
     @classmethod
     def from_config(cls, ecfg: Mapping | None = None) -> "EvalSettings":
@@ -78,7 +92,8 @@ class EvalSettings:
         workers, ...) are ignored."""
         d = {**asdict(EvalConfig()), **dict(ecfg or {})}
         return cls(top_k=int(d["top_k"]), score=str(d["score"]), mask_threshold=float(d["mask_threshold"]),
-                   tracker_momentum=float(d["tracker_momentum"]))
+                   tracker_momentum=float(d["tracker_momentum"]), rovis_new_score=float(d["rovis_new_score"]),
+                   rovis_keep_score=float(d["rovis_keep_score"]), rovis_retain=int(d["rovis_retain"]))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +111,9 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
                 seed: int | None = None) -> tuple[list[dict], list[KeepRecord]]:
     """Run one video online: backbone (+ pruner state) -> tracker -> upsampled, thresholded masks -> results.
 
+    The tracker is the model's (``model.tracker``): ``embedding`` (MinVIS query matching) or ``rovis`` (track
+    queries; :func:`vppkit.models.vis.rovis.rovis_track_step`, the ``rovis_*`` settings).
+
     Random draws at inference (the pruners' Gumbel noise with ``inference_noise``: VPP's Map-SM / SMs, SViT's
     gates, DynamicViT's ranking) come from torch's default generator; with ``seed`` they are seeded per video from
     (seed, video id) (:func:`video_rng`) inside a forked RNG state, so a video's results do not depend on which
@@ -111,7 +129,8 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
         frame_indices: the frames to run, in order (default all); results have one segmentation per listed frame
             (evaluate against the ground truth restricted to them, :func:`vppkit.data.ytvis.subset_frames`).
         batch: frames per forward; > 1 only with ``keep_masks`` (frames are independent then; a temporal pruner
-            state needs frame-by-frame execution).
+            state needs frame-by-frame execution). A ``rovis`` model runs frame by frame whatever ``batch`` is
+            (its track queries come from the previous frame).
         execution: backbone execution mode.
         visualize_dir: write an overlay PNG per frame there (optional).
         images: the processed frames in order, (3, H, W) uint8 each, e.g. read ahead by :func:`frame_loader`;
@@ -131,9 +150,16 @@ def infer_video(model, frames: VideoFrames, vi: int, settings: EvalSettings | Ma
         raise ValueError(f"infer_video: batch must be 1 without an external keep-mask schedule, got {batch}")
     if keep_masks is not None and (keep_masks.dim() != 3 or keep_masks.shape[0] != len(ts)):
         raise ValueError(f"infer_video: keep_masks must be (T={len(ts)}, depth, N), got {tuple(keep_masks.shape)}")
-    acc = VideoTrackAccumulator(vid["id"], len(ts), frames.category_ids, s.top_k, score=s.score)
     device = next(model.parameters()).device
+    rovis = getattr(model, "tracker", "embedding") == "rovis"
+    if rovis:
+        acc = TrackResultsAccumulator(vid["id"], len(ts), frames.category_ids, s.top_k)
+    else:
+        acc = VideoTrackAccumulator(vid["id"], len(ts), frames.category_ids, s.top_k, score=s.score)
     with video_rng(seed, vid["id"], device):
+        if rovis:
+            return _infer_frames_rovis(model, frames, vi, ts, s, acc, device, keep_masks, execution, visualize_dir,
+                                       images)
         return _infer_frames(model, frames, vi, ts, s, acc, device, keep_masks, batch, execution, visualize_dir,
                              images)
 
@@ -191,6 +217,58 @@ def _infer_frames(model, frames: VideoFrames, vi: int, ts: list[int], s: EvalSet
                 _save_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{ts[start + j]:05d}.png", img,
                               out, j, perm, s.mask_threshold)
     return acc.results(), records
+
+
+def _infer_frames_rovis(model, frames: VideoFrames, vi: int, ts: list[int], s: EvalSettings,
+                        acc: TrackResultsAccumulator, device, keep_masks, execution, visualize_dir, images):
+    """The frame loop of :func:`infer_video` for a ``rovis`` model (one frame per forward): the tracks in memory
+    are the frame's track queries; detections -> tracks (:func:`rovis_track_step`) -> per-track RLEs."""
+    vid = frames.videos[vi]
+    h, w = int(vid["height"]), int(vid["width"])
+    q = model.num_queries
+    state = track = None
+    records: list[KeepRecord] = []
+    it = iter(images) if images is not None else (frames.frame(vi, t) for t in ts)
+    for j, img in enumerate(islice(it, len(ts))):
+        if keep_masks is not None:
+            state = keep_masks[j:j + 1]
+        tq = track.track_queries() if track is not None else None
+        out = model(img[None].to(device), state, execution=execution,
+                    track_queries=None if tq is None else tq.to(device))
+        if keep_masks is None:
+            state = out.backbone.state
+        logits = F.interpolate(out.pred_masks[0][None].float(), size=(h, w), mode="bilinear",
+                               align_corners=False)[0]
+        det = frame_detections(out.pred_logits[0], logits, q, s.rovis_new_score, s.rovis_keep_score,
+                               s.mask_threshold)
+        ids, sel, track = rovis_track_step(track, det, out.queries[0], q, j, s.rovis_retain)
+        kept = det.take(sel)
+        acc.add_frame(j, ids, kept.labels, kept.scores, kept.masks)
+        records.append(out.backbone.keep)
+        if visualize_dir is not None:
+            _save_track_overlay(visualize_dir / str(vid.get("name", vid["id"])) / f"{ts[j]:05d}.png", img,
+                                out.backbone.keep, kept.masks, ids)
+    return acc.results(), records
+
+
+def _save_track_overlay(path: Path, img: torch.Tensor, keep: KeepRecord, masks: torch.Tensor,
+                        ids: torch.Tensor) -> None:
+    """The frame (model size) with each tracked detection's mask tinted by its track id, and the pruned patches of
+    the last block darkened (``rovis`` models)."""
+    arr = img.permute(1, 2, 0).numpy().astype(np.float32)
+    H, W = arr.shape[:2]
+    hp, wp = keep.grid
+    shade = F.interpolate(keep.masks[0, -1].view(hp, wp).float()[None, None], size=(H, W), mode="nearest")[0, 0]
+    arr = arr * (0.45 + 0.55 * shade.numpy()[..., None])
+    if masks.shape[0]:
+        small = F.interpolate(masks[None].float().cpu(), size=(H, W), mode="nearest")[0] > 0.5
+        for t, m in zip(ids.tolist(), small):
+            color = np.random.default_rng(t).integers(40, 255, size=3)
+            mk = m.numpy()
+            arr[mk] = 0.5 * arr[mk] + 0.5 * color
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class _FrameSequence(torch.utils.data.Dataset):
@@ -314,11 +392,16 @@ def run_inference(model, frames: VideoFrames, out_dir: str | Path | None = None,
         all_recs.extend(recs)
         firsts.extend([True] + [False] * (len(recs) - 1))
     seconds = time.perf_counter() - t0
+    tracker = getattr(model, "tracker", "embedding")
     nframes = len(all_recs)
     pkr = records_pkr(all_recs, firsts) if all_recs else {}
     summary = {"frames": nframes, "videos": n, "seconds": seconds, "sec_per_frame": seconds / max(nframes, 1),
                "pkr": pkr, "settings": {"top_k": s.top_k, "mask_threshold": s.mask_threshold,
-                                        "momentum": s.tracker_momentum, "score": s.score, "seed": seed},
+                                        "momentum": s.tracker_momentum, "score": s.score, "seed": seed,
+                                        "tracker": tracker, **({"rovis_new_score": s.rovis_new_score,
+                                                                "rovis_keep_score": s.rovis_keep_score,
+                                                                "rovis_retain": s.rovis_retain}
+                                                               if tracker == "rovis" else {})},
                **(meta or {})}
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", results, indent=None)

@@ -4,8 +4,10 @@
   key frame, the official mmtrack iteration; paper-scale profiles), :func:`training_samples`; the schedule is
   ``train.<stage>.steps`` or ``train.epochs`` (:func:`steps_for`); the clip around a sample: :func:`clip_indices`.
 - **dense**: every sample is a clip of ``train.clip_frames`` (2) frames of one video; each frame is an independent
-  image for the per-frame model (MinVIS trains per frame; the tracker needs no training); segmentation loss
-  reference ×0.5 + key ×1 (``train.dense.frame_loss_weights``, :func:`chain_loss`).
+  image for the per-frame model (``model.tracker: embedding``: MinVIS trains per frame, the tracker needs no
+  training); segmentation loss reference ×0.5 + key ×1 (``train.dense.frame_loss_weights``, :func:`chain_loss`).
+  ``model.tracker: rovis``: the official ROVIS loss instead (key ×1, reference with track queries from the key
+  ×0.5, key with track queries from the reference ×0.5; :mod:`vppkit.engine.rovis_loss`).
 - **sparse**: the pruner is on; a sample is a chain of ``train.clip_frames`` (3) frames run in chain order
   reff → ref → key, the backbone's temporal state passed frame to frame and **not detached** (gradients cross
   frames, as in the official code); the frame-weighted segmentation loss (reff ×0, ref ×0.5, key ×1: the
@@ -44,6 +46,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -57,8 +60,9 @@ from vppkit.data.splits import resolve_split
 from vppkit.data.video import VideoFrames, has_instance, sample_reference_frames
 from vppkit.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint, set_rng_states, unwrap
 from vppkit.engine.distributed import DistInfo, init_distributed
+from vppkit.engine.rovis_loss import RovisLossSettings, rovis_task_loss
 from vppkit.models.vis.losses import build_criterion
-from vppkit.models.vis.model import build_vis_model
+from vppkit.models.vis.model import TRACKERS, build_vis_model
 from vppkit.utils.io import atomic_path, atomic_write_json
 from vppkit.utils.paths import cache_dir
 from vppkit.utils.provenance import code_version
@@ -76,13 +80,13 @@ SAMPLE_UNITS = ("video", "frame")
 TRAINING_SECTIONS = ("seed", "data", "model", "loss", "train", "pruning")
 
 #: The code a trained model depends on: data loading, the model (ViT, pruners, VIS head and losses), pretrained
-#: weight conversion, and this training loop with its checkpoint / DDP helpers. Its
+#: weight conversion, and this training loop with its ROVIS loss and checkpoint / DDP helpers. Its
 #: :func:`~vppkit.utils.provenance.code_version` is part of :func:`run_key`, so a change here retrains, while a
 #: change to analysis code (``vppkit.metrics``, ``vppkit.engine.infer``, ``vppkit.flops``, ``vppkit.bench``,
 #: ``experiments``, ``analyses``) reuses the trained models. Note ``vppkit.models`` is keyed whole (training-free
 #: selectors in ``vppkit.models.pruning.selection`` included) and this module also holds :func:`load_model`.
-TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.checkpoint",
-                 "vppkit.engine.distributed")
+TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.rovis_loss",
+                 "vppkit.engine.checkpoint", "vppkit.engine.distributed")
 
 
 def training_config(cfg: dict) -> dict:
@@ -211,7 +215,7 @@ def clip_indices(frames: VideoFrames, sample: tuple[int, int | None], length: in
 
 def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: int, tcfg: dict, flip: bool,
            rng: np.random.Generator):
-    """Per time step t: images (B, 3, H, W) uint8 and B targets ({labels, masks})."""
+    """Per time step t: images (B, 3, H, W) uint8 and B targets ({labels, masks, ids})."""
     vids = [vi for vi, _ in samples]
     clips = [clip_indices(frames, smp, length, tcfg, rng) for smp in samples]
     flips = [bool(flip and rng.random() < 0.5) for _ in vids]
@@ -224,7 +228,7 @@ def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: i
             if fl:
                 img, masks = img.flip(-1), masks.flip(-1)
             imgs.append(img)
-            tg.append({"labels": labels, "masks": masks})
+            tg.append({"labels": labels, "masks": masks, "ids": frames.instance_ids(v, clip[t])})
         steps.append((torch.stack(imgs), tg))
     return steps
 
@@ -242,7 +246,8 @@ class StepBatches(torch.utils.data.Dataset):
         length: frames per clip; tcfg: the stage's ``train`` section (``max_gap``, ``ref_window``, ``ref_order``,
             ``flip``).
 
-    Item: per time step t of the chain, (images (B, 3, H, W) uint8, B targets {labels (K,), masks (K, H, W)}).
+    Item: per time step t of the chain, (images (B, 3, H, W) uint8, B targets {labels (K,), masks (K, H, W),
+    ids (K,) annotation ids: an instance's identity across frames}).
     """
 
     def __init__(self, frames: VideoFrames, samples: list[tuple[int, int | None]], sampler: StepSampler,
@@ -269,8 +274,12 @@ def step_loader(batches: StepBatches, start: int, end: int, workers: int, pin_me
                                        pin_memory=pin_memory, prefetch_factor=2 if workers else None)
 
 
-def chain_loss(model, criterion, steps, sparse: bool, device,
-               weights: Sequence[float] | None = None) -> tuple[torch.Tensor, dict]:
+def _to_device(target: dict, device) -> dict:
+    return {k: v.to(device) for k, v in target.items()}
+
+
+def chain_loss(model, criterion, steps, sparse: bool, device, weights: Sequence[float] | None = None,
+               tracker: str = "embedding", rovis: RovisLossSettings | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one batch of clips: the frame-weighted segmentation (task) loss plus the sparsity loss of every
     frame (sparse stage).
 
@@ -286,19 +295,26 @@ def chain_loss(model, criterion, steps, sparse: bool, device,
     contributes only its sparsity loss, ``reff_loss``). The same function trains the dense ROVIS stage
     (key + reference, no ``reff``). The terms are summed, not averaged: about two frame-losses per sample.
 
-    vppkit's per-frame model has no track queries in training (its tracker matches query embeddings at
-    inference, :mod:`vppkit.models.vis.tracker`), so the key-with-track-queries term has no counterpart here and
-    is left out. ``weights`` (``train.<stage>.frame_loss_weights``) weigh chain position t (first frame first);
-    the defaults map the official terms that exist here onto vppkit's chains: sparse reff → ref → key = (0, 0.5,
-    1), dense ref → key = (0.5, 1). The chain's last frame is the key (``ref_order`` random / causal, as the
-    official ``sort_ref_imgs=False``; with ``sorted`` or ``sample_unit: video`` the positions keep these weights).
+    ``weights`` (``train.<stage>.frame_loss_weights``) weigh chain position t (first frame first); the defaults
+    map the official terms onto vppkit's chains: sparse reff → ref → key = (0, 0.5, 1), dense ref → key = (0.5, 1).
+    The chain's last frame is the key (``ref_order`` random / causal, as the official ``sort_ref_imgs=False``;
+    with ``sorted`` or ``sample_unit: video`` the positions keep these weights).
+
+    ``tracker="embedding"`` (MinVIS; the default): the per-frame model has no track queries in training (its
+    tracker matches query embeddings at inference, :mod:`vppkit.models.vis.tracker`), every frame with a weight is
+    decoded with the static queries, and the key-with-track-queries term has no counterpart, so it is left out.
+
+    ``tracker="rovis"``: the official three terms (:func:`vppkit.engine.rovis_loss.rovis_task_loss`): the key
+    (last position) with static queries × w_key, the reference (the position before it) decoded with track
+    queries carried from the key × w_ref, the key again with track queries from the reference × ``rovis.w_key2``
+    (``train.key_track_weight``); w_key, w_ref are the last two ``weights``; earlier positions (reff) are not
+    decoded, so their weights must be 0 (the official: no segmentation loss on reff).
 
     Normalisation against the sparsity loss: task loss = Σ_t w_t · L_seg(t) (a weighted **sum**, as the official
     code), sparsity loss = Σ_t L_sparse(t) over every frame of the chain, unweighted (official ``reff_loss``,
-    ``ref_loss``, ``loss``). With the defaults the task loss is 1.5 frame-losses against three sparsity terms;
-    the official code has 2 (the missing track-query term is the other 0.5); vppkit before this recipe took the
-    *mean* over the three frames, 1 frame-loss, so the sparsity loss weighed about twice as much against the task
-    as in the paper (issue 13).
+    ``ref_loss``, ``loss``). With the defaults the task loss is 1.5 frame-losses (embedding) or 2 (rovis, as the
+    official code) against three sparsity terms; vppkit before this recipe took the *mean* over the three frames,
+    1 frame-loss, so the sparsity loss weighed about twice as much against the task as in the paper (issue 13).
 
     Args:
         model: the VIS model (or its DDP wrapper).
@@ -308,16 +324,22 @@ def chain_loss(model, criterion, steps, sparse: bool, device,
         device: where the model is.
         weights: one segmentation-loss weight per chain position (None: 1 / T each, the plain mean). A frame
             with weight 0 still runs (its backbone state and sparsity loss count); its criterion is skipped.
+        tracker: ``"embedding"`` or ``"rovis"`` (``model.tracker``).
+        rovis: the ROVIS settings (``tracker="rovis"``; None: :class:`RovisLossSettings` defaults); its ``w_key`` /
+            ``w_ref`` are replaced by the last two ``weights``.
 
     Returns:
         (total loss scalar, logs): ``loss_seg`` (the weighted task loss), ``loss_ce`` / ``loss_mask`` /
         ``loss_dice`` (its weighted parts), ``loss_sparse``; sparse stage also ``keep_ratio`` (mean over frames
         and blocks of the processed fraction) and ``keep_b<b>`` per block b: the fraction of the N patch tokens
         block b processed, mean over the batch and over the frames that have a previous frame in the chain (all
-        frames when the chain has one), i.e. the frames on which every VPP gate runs.
+        frames when the chain has one), i.e. the frames on which every VPP gate runs. ``tracker="rovis"`` adds
+        ``loss_key`` / ``loss_ref`` / ``loss_key2``, ``loss_track`` and ``track_queries``
+        (:func:`~vppkit.engine.rovis_loss.rovis_task_loss`).
 
     Raises:
-        ValueError: ``weights`` does not have one entry per chain position, or a negative weight.
+        ValueError: ``weights`` does not have one entry per chain position, or a negative weight; an unknown
+            tracker; ``tracker="rovis"`` with a non-zero weight before the last two positions.
     """
     n = len(steps)
     w = [1.0 / n] * n if weights is None else [float(v) for v in weights]
@@ -326,13 +348,26 @@ def chain_loss(model, criterion, steps, sparse: bool, device,
                          "(train.<stage>.clip_frames); give one per chain position")
     if any(v < 0 for v in w):
         raise ValueError(f"train.<stage>.frame_loss_weights must be >= 0, got {w}")
+    if tracker not in TRACKERS:
+        raise ValueError(f"model.tracker must be one of {TRACKERS}, got {tracker!r}")
+    rovis_mode = tracker == "rovis"
+    if rovis_mode and any(v > 0 for v in w[:-2]):
+        raise ValueError(f"model.tracker rovis: train.<stage>.frame_loss_weights {w} weigh a frame before the "
+                         "reference; ROVIS decodes only the key (last) and the reference (the one before), so the "
+                         "earlier weights must be 0")
     state, seg, aux, logs = None, [], [], {}
     keep_all, keep_later = [], []
+    feats = {}
     for t, (images, targets) in enumerate(steps):
-        out = model(images.to(device), state if sparse else None)
+        if rovis_mode:
+            out = model(images.to(device), state if sparse else None, decode=False)
+            if t >= n - 2:
+                feats[t] = (out.features, [_to_device(g, device) for g in targets])
+        else:
+            out = model(images.to(device), state if sparse else None)
         state = out.backbone.state
         aux.append(out.backbone.aux_loss)
-        if w[t] > 0:
+        if not rovis_mode and w[t] > 0:
             tg = [{"labels": g["labels"].to(device), "masks": g["masks"].to(device)} for g in targets]
             losses = criterion(out.decoder_dict(), tg)
             seg.append(w[t] * losses["loss"])
@@ -344,6 +379,13 @@ def chain_loss(model, criterion, steps, sparse: bool, device,
             keep_all.append(frac)
             if t >= 1 or n == 1:
                 keep_later.append(frac)
+    if rovis_mode:
+        rs = replace(rovis or RovisLossSettings(), w_key=w[-1], w_ref=w[-2] if n >= 2 else 0.0)
+        key_f, key_tg = feats[n - 1]
+        ref_f, ref_tg = feats[n - 2] if n >= 2 else (None, None)
+        loss_r, rlogs = rovis_task_loss(model, criterion, key_f, key_tg, ref_f, ref_tg, rs)
+        seg.append(loss_r)
+        logs.update(rlogs)
     loss_seg = torch.stack(seg).sum() if seg else torch.zeros((), device=device)
     loss_aux = torch.stack([a.reshape(()) for a in aux]).sum() if sparse else loss_seg.new_zeros(())
     logs["loss_seg"], logs["loss_sparse"] = float(loss_seg.detach()), float(loss_aux.detach())
@@ -379,8 +421,11 @@ def _build_for_training(cfg: dict, tcfg: dict, num_classes: int, pcfg: dict | No
     ck_init = load_checkpoint(init) if init else None
     init_bb = (ck_init or {}).get("backbone") or {}
     if init_bb.get("model"):
-        model = build_vis_model(init_bb["model"], num_classes, pcfg, load_pretrained=False)
+        # the model as the init checkpoint built it, with this run's tracker (a training / inference setting)
+        mdl = {**init_bb["model"], "tracker": str(cfg["model"].get("tracker") or "embedding")}
+        model = build_vis_model(mdl, num_classes, pcfg, load_pretrained=False)
         backbone = {k: v for k, v in init_bb.items() if k not in ("frozen", "freeze_note", "trainable_params")}
+        backbone["model"] = mdl
         backbone["reason"] = f"{backbone.get('reason')} [weights from --init {init}]"
     else:
         model = build_vis_model(cfg["model"], num_classes, pcfg)
@@ -494,6 +539,11 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     clip_len = int(tcfg["clip_frames"])
     grad_clip = float(tcfg["grad_clip"])
     frame_weights = [float(v) for v in tcfg["frame_loss_weights"]]
+    tracker = str(cfg["model"].get("tracker") or "embedding")
+    lcfg = cfg["loss"]
+    rovis = RovisLossSettings(w_key2=float(tcfg["key_track_weight"]), keep_prob=float(tcfg["track_query_keep"]),
+                              fp_prob=float(tcfg["track_query_fp"]), w_class=float(lcfg["w_class"]),
+                              w_mask=float(lcfg["w_mask"]), w_dice=float(lcfg["w_dice"]))
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
@@ -502,7 +552,7 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     ts, cs = time.perf_counter(), time.process_time()
     for step, steps in zip(range(start, end), loader):
         seed_step(seed, step, info.rank)
-        loss, logs = chain_loss(model, criterion, steps, sparse, info.device, frame_weights)
+        loss, logs = chain_loss(model, criterion, steps, sparse, info.device, frame_weights, tracker, rovis)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:

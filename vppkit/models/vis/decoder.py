@@ -8,6 +8,13 @@ then an FFN. Every layer (and the input queries) is read out by shared heads: cl
 
 The decoder output embeddings are also returned: MinVIS (Huang et al. NeurIPS'22) tracks by matching them
 frame to frame (:mod:`vppkit.models.vis.tracker`).
+
+Track queries (ROVIS, :mod:`vppkit.models.vis.rovis`): ``track_queries`` (B, n, D) are appended after the Q static
+queries as extra query *features* with a zero positional embedding and run through every layer with them (one
+self-attention over all Q + n queries), as ``AdditionalQueriesFormerHead.forward`` of the official code
+(``custom_mmtrack/models/track_heads/rovis_head.py``, ``use_query_embed=False``: ``query_embed_dummy`` zeros).
+The raw output of the last layer (before the read-out norm, the official ``last_query_feats``) is returned as
+``queries``: what is carried to the next frame.
 """
 
 from __future__ import annotations
@@ -72,8 +79,9 @@ class MaskDecoder(nn.Module):
     Forward:
         mask_features (B, D, H_m, W_m) and ``levels`` [(B, D, h_l, w_l)] ->
         dict with ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, H_m, W_m) mask logits, ``embeds`` (B, Q, D)
-        (normalised decoder output, for tracking) and ``aux_outputs`` (list over the earlier read-outs of
-        ``{"pred_logits", "pred_masks"}``, for deep supervision).
+        (normalised decoder output, for tracking), ``queries`` (B, Q, D) (the last layer's raw output, carried as
+        track queries) and ``aux_outputs`` (list over the earlier read-outs of ``{"pred_logits", "pred_masks"}``,
+        for deep supervision). With ``track_queries`` (B, n, D) every Q above is Q + n, the static queries first.
     """
 
     def __init__(self, dim: int = 64, num_classes: int = 1, num_queries: int = 10, num_layers: int = 3,
@@ -102,7 +110,8 @@ class MaskDecoder(nn.Module):
             attn_mask = attn_mask.repeat_interleave(self.heads, dim=0).detach()
         return out, logits, masks, attn_mask
 
-    def forward(self, mask_features: torch.Tensor, levels: list[torch.Tensor]) -> dict:
+    def forward(self, mask_features: torch.Tensor, levels: list[torch.Tensor],
+                track_queries: torch.Tensor | None = None) -> dict:
         if len(levels) != self.num_levels:
             raise ValueError(f"MaskDecoder: expected {self.num_levels} pyramid levels, got {len(levels)}")
         b = mask_features.shape[0]
@@ -114,6 +123,7 @@ class MaskDecoder(nn.Module):
             mems.append(feat.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None])
         q = self.query_feat.weight[None].expand(b, -1, -1)
         qpos = self.query_embed.weight[None].expand(b, -1, -1)
+        q, qpos = append_track_queries(q, qpos, track_queries)
         aux = []
         _, logits, masks, attn_mask = self._readout(q, mask_features, sizes[0])
         for i, layer in enumerate(self.layers):
@@ -122,4 +132,21 @@ class MaskDecoder(nn.Module):
             q = layer(q, qpos, mems[lvl], poss[lvl], attn_mask)
             nxt = sizes[(i + 1) % self.num_levels] if i + 1 < len(self.layers) else None
             out, logits, masks, attn_mask = self._readout(q, mask_features, nxt)
-        return {"pred_logits": logits, "pred_masks": masks, "embeds": out, "aux_outputs": aux}
+        return {"pred_logits": logits, "pred_masks": masks, "embeds": out, "queries": q, "aux_outputs": aux}
+
+
+def append_track_queries(q: torch.Tensor, qpos: torch.Tensor,
+                         track_queries: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static query features / positional embeddings (B, Q, D) -> (B, Q + n, D) with the track queries (B, n, D)
+    appended as features and zeros as their positional embedding (official ROVIS, ``use_query_embed=False``).
+
+    Raises:
+        ValueError: ``track_queries`` not (B, n, D) for the batch size B and width D of ``q``.
+    """
+    if track_queries is None:
+        return q, qpos
+    b, _, d = q.shape
+    if track_queries.dim() != 3 or track_queries.shape[0] != b or track_queries.shape[2] != d:
+        raise ValueError(f"track_queries must be (B={b}, n, D={d}), got {tuple(track_queries.shape)}")
+    tq = track_queries.to(q.dtype)
+    return torch.cat([q, tq], 1), torch.cat([qpos, torch.zeros_like(tq)], 1)

@@ -57,12 +57,20 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", weight, persistent=False)
 
     def _single(self, logits: torch.Tensor, masks: torch.Tensor, targets: list[dict]) -> dict:
+        def match(i, t):
+            return hungarian_match(logits[i], masks[i], t["labels"], t["masks"], self.w_class, self.w_mask,
+                                   self.w_dice, self.num_points)
+        return self._given(logits, masks, targets, match)
+
+    def _given(self, logits: torch.Tensor, masks: torch.Tensor, targets: list[dict], indices) -> dict:
+        """The weighted losses for a matching: ``indices`` per image (query_idx (M,), gt_idx (M,)), as a list or
+        a function (image index, target) -> pair (called image by image); unmatched queries are trained towards
+        "no object"."""
         b, q, _ = logits.shape
         target_classes = torch.full((b, q), self.num_classes, dtype=torch.long, device=logits.device)
         preds, tgts = [], []
         for i, t in enumerate(targets):
-            qi, gi = hungarian_match(logits[i], masks[i], t["labels"], t["masks"], self.w_class, self.w_mask,
-                                     self.w_dice, self.num_points)
+            qi, gi = indices(i, t) if callable(indices) else indices[i]
             if qi.numel() == 0:
                 continue
             qi, gi = qi.to(logits.device), gi.to(logits.device)
@@ -83,6 +91,16 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
         return _sum_over_readouts(self._single, outputs, targets, type(self).__name__)
+
+    def matched(self, outputs: dict, targets: list[dict], indices: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """As :meth:`forward` with a known matching instead of the Hungarian one (ROVIS track queries: each is
+        assigned the instance it tracks, official ``matched_loss_single``), the same on every read-out.
+
+        Args:
+            indices: per image (query_idx (M,), gt_idx (M,)) long; the other queries' class target is no object.
+        """
+        return _sum_over_readouts(lambda lg, mk, tg: self._given(lg, mk, tg, indices), outputs, targets,
+                                  type(self).__name__)
 
 
 def _sum_over_readouts(single, outputs: dict, targets: list[dict], name: str) -> dict:
@@ -137,8 +155,29 @@ class PointSampledCriterion(nn.Module):
         return {"loss_ce": self.w_class * d["loss_cross_entropy"], "loss_mask": self.w_mask * d["loss_mask"],
                 "loss_dice": self.w_dice * d["loss_dice"]}
 
+    def _given(self, logits: torch.Tensor, masks: torch.Tensor, targets: list[dict],
+               indices: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """Losses for a given matching (``Mask2FormerLoss.loss_labels`` / ``loss_masks``; masks normalised by the
+        number of matched queries, min 1)."""
+        labels = [t["labels"].to(logits.device).long() for t in targets]
+        idx = [(qi.to(logits.device).long(), gi.to(logits.device).long()) for qi, gi in indices]
+        ce = self.loss.loss_labels(logits, labels, idx)["loss_cross_entropy"]
+        n = sum(int(qi.numel()) for qi, _ in idx)
+        if n == 0:
+            zero = masks.sum() * 0.0
+            return {"loss_ce": self.w_class * ce, "loss_mask": zero, "loss_dice": zero}
+        gts = [t["masks"].to(device=masks.device, dtype=masks.dtype) for t in targets]
+        d = self.loss.loss_masks(masks, gts, idx, n)
+        return {"loss_ce": self.w_class * ce, "loss_mask": self.w_mask * d["loss_mask"],
+                "loss_dice": self.w_dice * d["loss_dice"]}
+
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
         return _sum_over_readouts(self._single, outputs, targets, type(self).__name__)
+
+    def matched(self, outputs: dict, targets: list[dict], indices: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        """As :meth:`SetCriterion.matched` (a known matching on every read-out)."""
+        return _sum_over_readouts(lambda lg, mk, tg: self._given(lg, mk, tg, indices), outputs, targets,
+                                  type(self).__name__)
 
 
 def build_criterion(lcfg: dict, num_classes: int) -> nn.Module:

@@ -12,7 +12,10 @@ here in code, nothing downloaded):
   FFN, round robin over the three levels, coarse first), the shared mask embedding MLP.
 
 Written here: the class head (Linear D -> K+1, as ``Mask2FormerForUniversalSegmentation.class_predictor``), the
-read-outs in vppkit's decoder-dict layout, and the initialisation of the original Mask2Former (``transformers``
+read-outs in vppkit's decoder-dict layout, the transformer module's forward (the steps of
+``Mask2FormerTransformerModule.forward``, on its own submodules, so that ROVIS track queries can be appended after
+the static queries with a zero positional embedding, as the official ``AdditionalQueriesFormerHead``), and the
+initialisation of the original Mask2Former (``transformers``
 initialises only inside its ``PreTrainedModel``): c2_xavier_fill convs, Xavier input projections and decoder
 layers, MSDeformAttn offsets, level embeddings normal(0, 1).
 """
@@ -30,6 +33,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from vppkit.models.adapter.deform_attn import MSDeformAttn, init_deform_attn_
+from vppkit.models.vis.decoder import append_track_queries
 
 
 def mask2former_config(num_classes: int, dim: int = 256, num_queries: int = 100, dec_layers: int = 9,
@@ -62,10 +66,12 @@ class Mask2FormerHead(nn.Module):
         layers (9). heads: attention heads (8). enc_layers: pixel-decoder deformable encoder layers (6).
 
     Forward:
-        features [s4 (B, C, H/4, W/4), s8, s16, s32] -> dict with ``pred_logits`` (B, Q, K+1), ``pred_masks``
-        (B, Q, H/4, W/4) mask logits, ``embeds`` (B, Q, D) (the normalised final query embeddings, for tracking)
-        and ``aux_outputs``: the ``dec_layers`` earlier read-outs (the initial queries' first), each
-        ``{"pred_logits", "pred_masks"}`` (deep supervision). The same layout as
+        features [s4 (B, C, H/4, W/4), s8, s16, s32], optional ``track_queries`` (B, n, D) -> dict with
+        ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, H/4, W/4) mask logits, ``embeds`` (B, Q, D) (the
+        normalised final query embeddings, for tracking), ``queries`` (B, Q, D) (the last layer's raw output, the
+        official ``last_query_feats``, carried as track queries) and ``aux_outputs``: the ``dec_layers`` earlier
+        read-outs (the initial queries' first), each ``{"pred_logits", "pred_masks"}`` (deep supervision). With
+        track queries every Q is Q + n (static queries first). The same layout as
         :class:`vppkit.models.vis.decoder.MaskDecoder`.
     """
 
@@ -106,13 +112,43 @@ class Mask2FormerHead(nn.Module):
                             nn.init.xavier_uniform_(p)
                     nn.init.zeros_(m.cross_attn.in_proj_bias)
 
-    def forward(self, features: list[torch.Tensor]) -> dict:
+    def _transformer(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor,
+                     track_queries: torch.Tensor | None):
+        """``Mask2FormerTransformerModule.forward`` (transformers 5.24) with optional track queries appended."""
+        tm = self.transformer
+        feats, poss, sizes = [], [], []
+        for i in range(tm.num_feature_levels):
+            x = multi_scale[i]
+            sizes.append(x.shape[-2:])
+            poss.append(tm.position_embedder(x.shape, x.device, x.dtype, None).flatten(2).permute(2, 0, 1))
+            feats.append((tm.input_projections[i](x).flatten(2) + tm.level_embed.weight[i][None, :, None])
+                         .permute(2, 0, 1))
+        b = feats[0].shape[1]
+        q = tm.queries_features.weight[None].expand(b, -1, -1)
+        qpos = tm.queries_embedder.weight[None].expand(b, -1, -1)
+        q, qpos = append_track_queries(q, qpos, track_queries)
+        return tm.decoder(inputs_embeds=q.transpose(0, 1), multi_stage_positional_embeddings=poss,
+                          pixel_embeddings=mask_features, encoder_hidden_states=feats,
+                          query_position_embeddings=qpos.transpose(0, 1), feature_size_list=sizes,
+                          output_hidden_states=False, output_attentions=False, return_dict=True)
+
+    def pixel(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The pixel decoder: the four maps -> (three multi-scale maps (B, D, h_l, w_l), coarse first; mask
+        features (B, D, H/4, W/4)), what :meth:`decode` reads (a frame decoded twice runs this once)."""
         if len(features) != 4:
             raise ValueError(f"Mask2FormerHead: expected 4 maps (strides 4/8/16/32), got {len(features)}")
         pix = self.pixel_decoder(list(features), return_dict=True)
-        dec = self.transformer(pix.multi_scale_features, pix.mask_features)
+        return list(pix.multi_scale_features), pix.mask_features
+
+    def forward(self, features: list[torch.Tensor], track_queries: torch.Tensor | None = None) -> dict:
+        return self.decode(self.pixel(features), track_queries)
+
+    def decode(self, pix: tuple[list[torch.Tensor], torch.Tensor], track_queries: torch.Tensor | None = None) -> dict:
+        """The transformer decoder and the read-outs on :meth:`pixel`'s output (the dict of :meth:`forward`)."""
+        dec = self._transformer(pix[0], pix[1], track_queries)
         hidden = [h.transpose(0, 1) for h in dec.intermediate_hidden_states]   # (B, Q, D), layer-normed
         logits = [self.class_embed(h) for h in hidden]
         masks = list(dec.masks_queries_logits)
         aux = [{"pred_logits": lg, "pred_masks": mk} for lg, mk in zip(logits[:-1], masks[:-1])]
-        return {"pred_logits": logits[-1], "pred_masks": masks[-1], "embeds": hidden[-1], "aux_outputs": aux}
+        return {"pred_logits": logits[-1], "pred_masks": masks[-1], "embeds": hidden[-1],
+                "queries": dec.last_hidden_state, "aux_outputs": aux}

@@ -7,8 +7,11 @@
 Both give the same :class:`VISOutput` (decoder dict, query embeddings, the BackboneOutput), so training, the
 tracker and inference do not depend on the host.
 
-Online video use (MinVIS style, docs/vis_model.md): the model runs frame by frame; the backbone's temporal state
-(VPP Map-SM) and the tracker state are passed in and returned by the caller (:mod:`vppkit.engine.infer`).
+Online video use (docs/vis_model.md): the model runs frame by frame; the backbone's temporal state (VPP Map-SM)
+and the tracker state are passed in and returned by the caller (:mod:`vppkit.engine.infer`). ``model.tracker``
+says how frames are linked: ``embedding`` (MinVIS: a per-frame model, tracks by matching query embeddings,
+:mod:`vppkit.models.vis.tracker`) or ``rovis`` (ROVIS track queries: the previous frame's decoded queries enter the
+decoder beside the static ones, ``forward(..., track_queries=...)``, :mod:`vppkit.models.vis.rovis`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ PRETRAINED = ("imgfocus",)
 #: Values of ``model.host``.
 HOSTS = ("plain", "adapter")
 
+#: Values of ``model.tracker``.
+TRACKERS = ("embedding", "rovis")
+
 
 @dataclass
 class VISOutput:
@@ -49,14 +55,24 @@ class VISOutput:
         pred_masks: (B, Q, H/4, W/4) mask logits at stride 4 of the input.
         embeds: (B, Q, D) decoder query embeddings (tracking).
         aux_outputs: earlier decoder read-outs (deep supervision).
-        backbone: the :class:`BackboneOutput` (keep record, next temporal state, sparsity ``aux_loss``).
+        backbone: the :class:`BackboneOutput` (keep record, next temporal state, sparsity ``aux_loss``); None for
+            a decode of given ``features``.
+        queries: (B, Q, D) raw output of the decoder's last layer (ROVIS: carried as the next frame's track
+            queries).
+        features: the decoder's inputs of this frame (plain host: (mask features, pyramid levels); adapter host:
+            the pixel decoder's output), to decode the frame again (``VISModel.forward(features=...)``).
+
+    With ``track_queries`` (B, n, D) every Q above is Q + n: the static queries first, then the track queries in
+    the given order. With ``decode=False`` only ``backbone`` and ``features`` are set (the rest None).
     """
 
-    pred_logits: torch.Tensor
-    pred_masks: torch.Tensor
-    embeds: torch.Tensor
+    pred_logits: torch.Tensor | None
+    pred_masks: torch.Tensor | None
+    embeds: torch.Tensor | None
     aux_outputs: list = field(default_factory=list)
     backbone: Any = None
+    queries: torch.Tensor | None = None
+    features: Any = None
 
     def decoder_dict(self) -> dict:
         """The dict :class:`vppkit.models.vis.losses.SetCriterion` consumes."""
@@ -78,24 +94,32 @@ class VISModel(nn.Module):
         host: ``"plain"`` or ``"adapter"``.
         adapter: adapter-host sizes (the ``model.adapter`` section: :class:`ViTAdapter` arguments and
             ``pixel_decoder_layers``); ignored by the plain host.
+        tracker: ``"embedding"`` or ``"rovis"`` (``model.tracker``): how training and inference link frames
+            (a setting read by :mod:`vppkit.engine`, not state; the modules are the same).
 
     Raises:
-        ValueError: unknown host.
+        ValueError: unknown host or tracker.
 
     Forward:
         images (B, 3, H, W), float in [0, 1] or uint8 in [0, 255] (ImageNet normalisation is done here),
-        ``state`` the backbone's temporal state of the previous frame (None at a video's first frame) ->
-        :class:`VISOutput`.
+        ``state`` the backbone's temporal state of the previous frame (None at a video's first frame),
+        ``track_queries`` (B, n, D) optional ROVIS track queries (raw decoder queries of the previous frame,
+        :attr:`VISOutput.queries`) -> :class:`VISOutput`. ``decode=False``: backbone and pyramid / pixel decoder
+        only (``features`` set). ``features=`` (a previous output's ``features``; ``images`` None): decode those
+        again, without the backbone. Both go through ``forward`` so that a DDP wrapper sees every use.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, dim: int = 64, num_queries: int = 10,
-                 dec_layers: int = 3, heads: int = 4, host: str = "plain", adapter: dict | None = None) -> None:
+                 dec_layers: int = 3, heads: int = 4, host: str = "plain", adapter: dict | None = None,
+                 tracker: str = "embedding") -> None:
         super().__init__()
         if host not in HOSTS:
             raise ValueError(f"model.host must be one of {HOSTS}, got {host!r}")
+        if tracker not in TRACKERS:
+            raise ValueError(f"model.tracker must be one of {TRACKERS}, got {tracker!r}")
         self.backbone = backbone
         embed_dim = getattr(backbone, "embed_dim", None) or backbone.vit.embed_dim
-        self.num_classes = num_classes
+        self.num_classes, self.num_queries, self.tracker = num_classes, num_queries, tracker
         self.host = host
         if host == "plain":
             self.pyramid = SimplePyramid(embed_dim, dim)
@@ -155,8 +179,15 @@ class VISModel(nn.Module):
             return self.backbone(x, state, **kw)
         return self.adapter(self.backbone, x, state, **kw)
 
-    def forward(self, images: torch.Tensor, state: Any = None, execution: str | None = None,
-                return_intermediates: bool = False) -> VISOutput:
+    def forward(self, images: torch.Tensor | None = None, state: Any = None, execution: str | None = None,
+                return_intermediates: bool = False, *, track_queries: torch.Tensor | None = None,
+                decode: bool = True, features: Any = None) -> VISOutput:
+        if features is not None:
+            if images is not None:
+                raise ValueError("VISModel: give images or features, not both")
+            return self._decode(features, None, track_queries)
+        if images is None:
+            raise ValueError("VISModel: images (or features) required")
         x = self.normalize(images)
         kw = dict(execution=execution, return_intermediates=return_intermediates)
         if torch.is_grad_enabled() and not self._backbone_needs_grad():
@@ -167,12 +198,21 @@ class VISModel(nn.Module):
             res = self._run_backbone(x, state, **kw)
         if self.host == "plain":
             bb = res
-            mask_features, levels = self.pyramid(bb.tokens, tuple(bb.grid))
-            out = self.decoder(mask_features, levels)
+            feats = self.pyramid(bb.tokens, tuple(bb.grid))     # (mask features, levels)
         else:
             bb = res.backbone
-            out = self.head(res.features)
-        return VISOutput(out["pred_logits"], out["pred_masks"], out["embeds"], out["aux_outputs"], bb)
+            feats = self.head.pixel(res.features)                # (multi-scale maps, mask features)
+        if not decode:
+            return VISOutput(None, None, None, [], bb, None, feats)
+        return self._decode(feats, bb, track_queries)
+
+    def _decode(self, feats: Any, bb: Any, track_queries: torch.Tensor | None) -> VISOutput:
+        if self.host == "plain":
+            out = self.decoder(feats[0], feats[1], track_queries)
+        else:
+            out = self.head.decode(feats, track_queries)
+        return VISOutput(out["pred_logits"], out["pred_masks"], out["embeds"], out["aux_outputs"], bb,
+                         out["queries"], feats)
 
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1) -> list[dict]:
         """AdamW parameter groups (vpp-notes §7.2): backbone lr × ``backbone_lr_mult`` (the ViT-Adapter included,
@@ -275,8 +315,8 @@ def resolve_backbone(mcfg: dict, load_pretrained: bool = True) -> tuple[dict, di
 def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load_pretrained: bool = True) -> VISModel:
     """Build the VIS model from the config's ``model`` (and ``pruning``) sections.
 
-    ``mcfg`` keys: ``arch`` (backbone name for ``build_backbone``), ``img_size`` ([H, W] or int), ``host`` (``plain``
-    or ``adapter``; default plain) with ``adapter`` (its sizes; the ViT-Adapter's drop path is the backbone's
+    ``mcfg`` keys: ``arch`` (backbone name for ``build_backbone``), ``img_size`` ([H, W] or int), ``tracker``
+    (``embedding`` or ``rovis``; default embedding), ``host`` (``plain`` or ``adapter``; default plain) with ``adapter`` (its sizes; the ViT-Adapter's drop path is the backbone's
     ``drop_path_rate``, as in the official code), ``dim``,
     ``num_queries``, ``dec_layers``, ``heads``, optional ``backbone_checkpoint`` (a local timm state dict),
     ``pretrained`` (``imgfocus``; see :func:`resolve_backbone`, with ``fallback``) and ``backbone_kwargs``
@@ -296,6 +336,7 @@ def build_vis_model(mcfg: dict, num_classes: int, pcfg: dict | None = None, load
                    for k, v in (mcfg.get("adapter") or {}).items()}
         adapter["drop_path"] = float((mcfg.get("backbone_kwargs") or {}).get("drop_path_rate", 0.0))
     model = VISModel(backbone, num_classes, dim=int(mcfg["dim"]), num_queries=int(mcfg["num_queries"]),
-                     dec_layers=int(mcfg["dec_layers"]), heads=int(mcfg["heads"]), host=host, adapter=adapter)
+                     dec_layers=int(mcfg["dec_layers"]), heads=int(mcfg["heads"]), host=host, adapter=adapter,
+                     tracker=str(mcfg.get("tracker") or "embedding"))  # checkpoints saved before model.tracker: none
     model.backbone_info = {**info, "model": {k: v for k, v in mcfg.items() if k != "backbone_checkpoint"}}
     return model
