@@ -59,13 +59,15 @@ def skip_reason(cfg: dict) -> str | None:
 
 
 def arm_settings(cfg: dict) -> dict[str, dict]:
-    """Arm -> its ``train.dense`` overrides (``steps``, ``feature_cache``; ``epochs`` null when steps are given)."""
-    fc, steps = cfg["featcache"], stage_config(cfg, "dense")["steps"]
+    """Arm -> its ``train.dense`` overrides: ``steps`` (``featcache.<arm>_steps``, null: ``train.dense.steps``) and
+    ``feature_cache``; ``epochs`` null only when the profile's dense schedule is in epochs and steps are given (so
+    that an arm equal to the profile's dense stage has its run key)."""
+    fc, tcfg = cfg["featcache"], stage_config(cfg, "dense")
     out = {}
     for arm, key in (("uncached", "uncached_steps"), ("cached", "cached_steps")):
-        n = fc[key] if fc[key] is not None else steps
-        out[arm] = {"steps": n, "feature_cache": arm == "cached", **({"epochs": None} if fc[key] is not None
-                                                                      else {})}
+        out[arm] = {"steps": fc[key] if fc[key] is not None else tcfg["steps"], "feature_cache": arm == "cached"}
+        if fc[key] is not None and tcfg.get("epochs") is not None:
+            out[arm]["epochs"] = None
     return out
 
 

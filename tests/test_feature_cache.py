@@ -149,7 +149,8 @@ def test_fallback_backbone_ignores_the_cache_with_the_reason(cache, monkeypatch)
 
 def test_featcache_artifact_compares_both_and_skips_unfrozen_profiles(cache):
     ov = [o for o in TINY if not o.startswith("train.dense.ckpt")] + [
-        "data.num_frames=3", "train.dense.steps=3", "featcache.cached_steps=5", "eval.top_k=3"]
+        "data.num_frames=3", "train.dense.steps=3", "featcache.uncached_steps=3", "featcache.cached_steps=5",
+        "eval.top_k=3"]
     ctx = Context(profile="smoke", cfg=load_config("smoke", ov), results_dir=cache / "results",
                   reports_dir=cache / "reports")
     res = featcache.run(ctx)
@@ -168,6 +169,11 @@ def test_featcache_artifact_compares_both_and_skips_unfrozen_profiles(cache):
     assert featcache.run(ctx)["provenance"]["time_utc"] == res["provenance"]["time_utc"]     # reused
     entry = featcache_table(ctx, res)[0]
     assert "wall total (s)" in entry.inline and "cached" in entry.inline
+
+    # arms of an epoch-based profile drop the epochs so that their steps count
+    epochs = load_config("smoke", ov + ["train.epochs=2"])
+    assert featcache.arm_settings(epochs)["cached"] == {"steps": 5, "feature_cache": True, "epochs": None}
+    assert featcache.arm_settings(ctx.cfg)["uncached"] == {"steps": 3, "feature_cache": False}
 
     unfrozen = Context(profile="smoke", cfg=load_config("smoke", ["data.num_videos=2"]),
                        results_dir=cache / "r2", reports_dir=cache / "rep2")
