@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -57,8 +56,6 @@ from vppkit.models.records import BackboneOutput, KeepRecord
 from vppkit.utils.io import atomic_path, atomic_write_json
 from vppkit.utils.paths import cache_dir
 from vppkit.utils.provenance import code_version
-
-log = logging.getLogger("vppkit.train")
 
 #: The code that turns a frame into its cached features: frame reading and resizing, the VIS model's
 #: normalisation and backbone call, the ViT, its blocks and records, the dense pruner. Part of the cache key.
