@@ -20,7 +20,7 @@ DEVICE  ?=
 BENCH_ARGS ?=
 RUN     := $(PY) -m vppkit run --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(filter 1,$(FORCE)),--force) $(ARGS)
 
-.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle training bench tables figures lock clean-results
+.PHONY: install test reports fgs ioi density kappa curves results qualitative flops evtp selectors oracle training featcache bench tables figures lock clean-results
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # ---- experiments (each reuses saved results whose config is unchanged; FORCE=1 recomputes) ----
-fgs ioi density kappa curves results qualitative flops evtp selectors oracle training: $(STAMP)
+fgs ioi density kappa curves results qualitative flops evtp selectors oracle training featcache: $(STAMP)
 	$(RUN) $@
 
 # make bench DEVICE=cuda [BENCH_ARGS="--autocast bf16 --compile"]: the same suite on that device (CUDA events), written

@@ -70,7 +70,8 @@ def _stage_line(ctx: Context, stage: str) -> str:
     frames = int(t["clip_frames"])
     amount = f"{t['epochs']} epochs ({t['sample_unit']} samples)" if t["epochs"] is not None \
         else f"{t['steps']} steps (one sample per {t['sample_unit']})"
-    return f"{amount}, batch {t['batch']} per process (clips of {frames} frames), lr {t['lr']}"
+    cached = ", on cached backbone features (train.dense.feature_cache)" if t.get("feature_cache") else ""
+    return f"{amount}, batch {t['batch']} per process (clips of {frames} frames), lr {t['lr']}{cached}"
 
 
 def _weights(tcfg: dict) -> str:

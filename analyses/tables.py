@@ -265,6 +265,36 @@ def training_cost_table(ctx: Context, result: dict) -> list[Entry]:
                          ".1f")]
 
 
+def featcache_table(ctx: Context, result: dict) -> list[Entry]:
+    """Dense AP at equal wall time, backbone features cached vs not (:mod:`experiments.featcache`); a one-row
+    note when the profile has no such comparison (its ``skipped`` reason)."""
+    title = "Dense AP at equal wall time: cached vs uncached backbone features"
+    if result.get("skipped"):
+        out = pd.DataFrame([{"comparison": "not run", "reason": result["skipped"]}])
+        return [_table_entry(ctx, out, "featcache_table", title,
+                             "The dense stage trains on cached backbone features only when its backbone is frozen "
+                             "(train.dense.feature_cache). " + _ours_note(ctx, result))]
+    rows = []
+    for r in result["rows"]:
+        rows.append({"run": r["arm"], "backbone features": "cached" if r["feature_cache"] else "every step",
+                     "steps": r["steps"], "cache build (s)": r["cache_seconds"],
+                     "training steps (s)": r["train_seconds"], "wall total (s)": r["seconds"],
+                     "CPU total (s)": r["cpu_seconds"], "video AP (%)": r["AP"], "mAP_segm (%)": r["mAP_segm"],
+                     "profile's dense model": "yes" if r["profile_dense"] else "no"})
+    out = pd.DataFrame(rows)
+    better = result["better"]
+    cap = ("The dense stage on a frozen backbone, trained twice: backbone run at every step (uncached) and on "
+           "backbone outputs computed once per (training frame, flip) (cached, train.dense.feature_cache; its step "
+           "count chosen so that its total time, cache build included, is about the uncached run's: "
+           "scripts/featcache_cost.py). Seconds: wall / process-CPU time of the optimizer steps (sum of metrics.csv "
+           "sec / cpu_sec) plus the cache build (what building the run's cache entries cost when they were built: "
+           "frame decoding, backbone forward, write); model and data set-up before the first step, the same for "
+           "both, not counted. The runs may have met different loads on a shared machine: compare the CPU column "
+           "too. Video AP and mAP_segm on the held-out split, as every dense evaluation. "
+           f"Higher video AP: {better}. " + _ours_note(ctx, result))
+    return [_table_entry(ctx, out, "featcache_table", title, cap, ".1f")]
+
+
 TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "fgs": fgs.table,
     "selectors": selectors.table,
@@ -278,4 +308,5 @@ TABLES: dict[str, Callable[[Context, dict], list[Entry]]] = {
     "flops": flops_table,
     "oracle": oracle_table,
     "training": training_table,
+    "featcache": featcache_table,
 }

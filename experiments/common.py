@@ -27,6 +27,8 @@ result                code (packages / modules) its key includes
 ``selectors``         M, ``experiments.zoo``, ``experiments.selectors``
 ``oracle``            M, ``experiments.zoo``, ``experiments.selectors``, ``experiments.oracle``
 ``training``          M, ``experiments.zoo``, ``experiments.training`` (the runs' ``metrics.csv``)
+``featcache``         M, ``experiments.zoo``, ``experiments.featcache`` (two dense runs' ``metrics.csv``, their
+                      feature-cache records and evaluations)
 ``flops``             M, ``experiments.zoo``, ``experiments.flops`` + the benchmark's code (it shows its rows)
 ``bench``             ``vppkit.models``, ``vppkit.flops``, ``vppkit.bench``, ``experiments.bench`` (shared result)
 ``evtp``              ``vppkit.flops``, ``experiments.evtp``
@@ -68,7 +70,7 @@ _BENCH_CODE = ("vppkit.models", "vppkit.flops", "vppkit.bench", "experiments.ben
 #: them and reused by the others). Artifact ``name`` is ``make <name>``, computed by the module ``experiments.<name>``
 #: (its ``run(ctx) -> dict``) and rendered by ``analyses`` under the same name.
 ARTIFACTS: tuple[str, ...] = ("evtp", "bench", "flops", "fgs", "results", "ioi", "density", "kappa", "curves",
-                              "qualitative", "selectors", "oracle", "training")
+                              "qualitative", "selectors", "oracle", "training", "featcache")
 
 
 def artifact_module(name: str) -> str:
@@ -85,7 +87,7 @@ def artifact_module(name: str) -> str:
 #: What each artifact's result is built from besides its own module (:func:`artifact_module`).
 _INPUTS: dict[str, tuple[str, ...]] = {
     **{name: _FROM_MODELS for name in ("results", "ioi", "density", "kappa", "curves", "qualitative", "fgs",
-                                       "selectors", "training")},
+                                       "selectors", "training", "featcache")},
     "oracle": _FROM_MODELS + ("experiments.selectors",),
     "flops": _FROM_MODELS + _BENCH_CODE,
     "bench": _BENCH_CODE,

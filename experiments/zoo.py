@@ -100,6 +100,32 @@ def checkpoint(ctx: Context, name: str) -> Path:
         # the variant's own pruning section, plus the profile's per-method settings (``pruning_overrides``)
         extra = cfg["pruning_overrides"].get(spec["pruning"]["method"], {})
         cfg["pruning"] = {**extra, **spec["pruning"]}
+    return _trained(ctx, name, cfg, stage, init)
+
+
+def dense_config(ctx: Context, dense: dict) -> dict:
+    """The profile's config with ``dense`` merged into ``train.dense`` (e.g. ``{"steps": 375, "feature_cache":
+    True}``): another dense model of the same profile (:func:`dense_checkpoint`)."""
+    cfg = copy.deepcopy(ctx.cfg)
+    cfg["train"]["dense"] = {**cfg["train"]["dense"], **dense}
+    return cfg
+
+
+def dense_checkpoint(ctx: Context, cfg: dict) -> Path:
+    """Final checkpoint of the dense model trained with ``cfg`` (:func:`dense_config`), training it if needed. Its
+    run folder is named as the profile's dense model's (``dense-<run_key>``), so a ``cfg`` whose training part
+    equals the profile's is that model."""
+    return _trained(ctx, "dense", cfg, "dense", None)
+
+
+def is_profile_dense(ctx: Context, cfg: dict) -> bool:
+    """Whether ``cfg`` trains the profile's own dense model (same :func:`vppkit.engine.train.run_key`)."""
+    return run_key(cfg, "dense") == run_key(ctx.cfg, "dense")
+
+
+def _trained(ctx: Context, name: str, cfg: dict, stage: str, init: Path | None) -> Path:
+    """Final checkpoint of a zoo run, ``results/<profile>/runs/<name>-<run_key>/model_final.pt``; trained (resumed
+    from its last checkpoint unless ``ctx.force``) when missing."""
     # named by what training reads (not by analysis settings such as fgs / selectors / oracle / eval)
     out = ctx.results_dir / "runs" / f"{name}-{run_key(cfg, stage, init)}"
     final = out / "model_final.pt"
@@ -164,12 +190,25 @@ def evaluate(ctx: Context, name: str, mode: str | None = None) -> dict:
         raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
     spec = variants()[name]
     pruned = spec["pruning"] is not None
-    ckpt = checkpoint(ctx, name)
-    ecfg = {**ctx.cfg["eval"], "inference_noise": pruned and mode == "noise"}
+    return _evaluate_cached(ctx, name, spec, checkpoint(ctx, name), _eval_name(name, mode, pruned),
+                            pruned and mode == "noise")
+
+
+def evaluate_dense(ctx: Context, label: str, cfg: dict) -> dict:
+    """Evaluation of the dense model trained with ``cfg`` (:func:`dense_config`), as :func:`evaluate` (saved as
+    ``eval_<label>.json``); the profile's own dense model (:func:`is_profile_dense`) is ``evaluate(ctx, "dense")``,
+    reused, not evaluated twice."""
+    if is_profile_dense(ctx, cfg):
+        return evaluate(ctx, "dense")
+    spec = {"method": "dense", "goal_pkr": 100, "pruning": None, "label": label, "train_dense": cfg["train"]["dense"]}
+    return _evaluate_cached(ctx, label, spec, dense_checkpoint(ctx, cfg), label, False)
+
+
+def _evaluate_cached(ctx: Context, name: str, spec: dict, ckpt: Path, label: str, noise: bool) -> dict:
+    ecfg = {**ctx.cfg["eval"], "inference_noise": noise}
     config = {"variant": name, "spec": spec, "checkpoint": str(ckpt.relative_to(ctx.results_dir)),
               "checkpoint_mtime": ckpt.stat().st_mtime, "eval": ecfg, "seed": ctx.seed, "data": ctx.cfg["data"],
               "patch_rule": ecfg["patch_rule"]}
-    label = _eval_name(name, mode, pruned)
     return ctx.cached(f"eval_{label}", config, lambda: _evaluate(ctx, label, ckpt, ecfg))
 
 

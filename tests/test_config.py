@@ -39,7 +39,7 @@ def test_resolved_values_match_the_yaml_files():
     assert default["loss"]["w_mask"] == 5.0 and default["loss"]["num_points"] == 0
     assert default["train"]["lr"] == 1.0e-3 and default["train"]["decay_at"] == 0.667
     assert default["train"]["dense"] == {"steps": 400, "clip_frames": 2, "ckpt_every": 100,
-                                         "frame_loss_weights": [0.5, 1.0]}
+                                         "frame_loss_weights": [0.5, 1.0], "feature_cache": False}
     assert default["train"]["sparse"] == {"steps": 60, "clip_frames": 3, "lr": 5.0e-4, "backbone_lr_mult": 0.1,
                                           "ckpt_every": 30, "frame_loss_weights": [0.0, 0.5, 1.0]}
     assert default["eval"]["inference_noise"] is True
@@ -49,7 +49,7 @@ def test_resolved_values_match_the_yaml_files():
     assert smoke["model"]["arch"] == "vit_nano" and smoke["model"]["img_size"] == [96, 96]
     assert smoke["data"]["num_frames"] == 6 and smoke["data"]["num_val_videos"] == 2
     assert smoke["train"]["dense"] == {"steps": 20, "clip_frames": 2, "ckpt_every": 10,
-                                       "frame_loss_weights": [0.5, 1.0]}
+                                       "frame_loss_weights": [0.5, 1.0], "feature_cache": False}
     assert smoke["train"]["sparse"]["steps"] == 4 and smoke["train"]["sparse"]["lr"] == 5.0e-4  # inherited
     assert smoke["train"]["weight_decay"] == 0.05 and smoke["eval"]["score"] == "present_mask"
     # davis.yaml over default.yaml
@@ -58,7 +58,8 @@ def test_resolved_values_match_the_yaml_files():
     assert davis["model"]["img_size"] == [168, 294]
     assert davis["train"]["freeze_backbone"] is True
     assert davis["train"]["dense"] == {"steps": 300, "clip_frames": 2, "ckpt_every": 100,
-                                       "frame_loss_weights": [0.5, 1.0]}
+                                       "frame_loss_weights": [0.5, 1.0], "feature_cache": False}
+    assert davis["featcache"] == {"uncached_steps": 300, "cached_steps": 375}
     assert davis["train"]["sparse"]["batch"] == 1 and davis["train"]["sparse"]["steps"] == 350
     assert davis["fgs"]["backbones"] == ["dense", "random"] and davis["fgs"]["pretrained_img_size"] == [224, 392]
     assert davis["fgs"]["max_frames"] == 48 and davis["fgs"]["lr"] == 1.0e-2  # set / schema default
@@ -176,7 +177,8 @@ def test_base_chain_and_stage_inheritance(tmp_path):
     child = _write(tmp_path / "leaf.yaml", f"base: {tmp_path / 'mid.yaml'}\ntrain:\n  sparse:\n    batch: 1\n")
     cfg = load_config(child)
     assert cfg["profile"] == "leaf" and cfg["model"]["arch"] == "vit_nano"      # smoke via mid
-    assert cfg["train"]["dense"] == {"steps": 7, "clip_frames": 2, "ckpt_every": 10, "frame_loss_weights": [0.5, 1.0]}
+    assert cfg["train"]["dense"] == {"steps": 7, "clip_frames": 2, "ckpt_every": 10, "frame_loss_weights": [0.5, 1.0],
+                                     "feature_cache": False}
     dense, sparse = stage_config(cfg, "dense"), stage_config(cfg, "sparse")
     assert dense["lr"] == 0.02 and dense["batch"] == 2                          # unset stage keys inherit
     assert sparse["lr"] == 5.0e-4 and sparse["batch"] == 1 and sparse["steps"] == 4

@@ -77,8 +77,10 @@ def test_index_links_every_table_and_figure(smoke_run):
             assert fmts == ({"md", "csv", "tex"} if e["kind"] == "table" else {"png", "pdf"}), (name, fmts)
         assert kinds, name
     for must in ("fgs", "results", "ioi", "density", "kappa", "curves", "qualitative", "flops", "evtp", "selectors",
-                 "oracle", "training"):
+                 "oracle", "training", "featcache"):
         assert must in manifest, f"artifact {must} not rendered"
+    # smoke trains its backbone: the cached-vs-uncached comparison is skipped, with the reason in the index
+    assert "cannot be cached" in index.split("## Dense AP at equal wall time")[1].split("\n## ")[0]
     assert any("measured speed" in e["title"] for e in manifest["flops"]["entries"])
     top = (ctx.reports_dir.parent / "index.md").read_text()
     assert "smoke/index.md" in top

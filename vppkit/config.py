@@ -162,7 +162,7 @@ class TrainConfig:
 
 
 #: Keys that exist per stage only (no shared ``train`` value).
-STAGE_ONLY_KEYS = ("steps", "clip_frames", "ckpt_every", "frame_loss_weights")
+STAGE_ONLY_KEYS = ("steps", "clip_frames", "ckpt_every", "frame_loss_weights", "feature_cache")
 
 
 @dataclass
@@ -176,6 +176,10 @@ class StageConfig:
     # ROVIS weights, vppkit.engine.train.chain_loss; model.tracker rovis: the last two weigh the key (static
     # queries) and the reference (track queries from the key), earlier ones must be 0)
     frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    # dense stage on a frozen backbone only: compute the backbone's output once per (training frame, flip),
+    # keep it on disk (cache_dir()/features) and train the pyramid + decoder on it (vppkit.engine.feature_cache);
+    # refused (ValueError) in the sparse stage, with an unfrozen backbone or the adapter host
+    feature_cache: bool = MISSING
     batch: int = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -202,6 +206,7 @@ class DenseStageConfig(StageConfig):
     clip_frames: int = 2               # key + 1 reference, each trained as an image
     ckpt_every: int = 100
     frame_loss_weights: List[float] = field(default_factory=lambda: [0.5, 1.0])  # ref x0.5, key x1
+    feature_cache: bool = False        # train the head on cached backbone features (frozen backbone only)
 
 
 @dataclass
@@ -320,6 +325,16 @@ class OracleConfig:
 
 
 @dataclass
+class FeatCacheConfig:
+    """``featcache``: dense AP at equal wall time, backbone features cached vs not (experiments/featcache.py). Each
+    arm is the profile's dense stage with its ``train.dense.steps`` and ``train.dense.feature_cache`` replaced; an
+    arm equal to the profile's dense model reuses it. Run only when the dense backbone is frozen."""
+
+    uncached_steps: Optional[int] = None  # dense steps without the cache (null: train.dense.steps)
+    cached_steps: Optional[int] = None    # dense steps on cached features (null: train.dense.steps)
+
+
+@dataclass
 class Profile:
     """A whole profile (DESIGN.md §5). ``base`` is read while loading and is not part of the result."""
 
@@ -335,6 +350,7 @@ class Profile:
     fgs: FGSConfig = field(default_factory=FGSConfig)
     selectors: SelectorsConfig = field(default_factory=SelectorsConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    featcache: FeatCacheConfig = field(default_factory=FeatCacheConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,8 +33,17 @@ Outputs in the run folder: ``checkpoint_last.pt`` (every ``ckpt_every`` steps an
 ``sec`` (waiting for the batch + the step), ``cpu_sec`` of the training process (all its threads; loader
 workers not counted) and ``load1`` (the machine's 1-minute load average after the step: timings are comparable
 only at similar load); the whole file is rewritten atomically at each checkpoint, so it never holds rows beyond the
-checkpointed step), ``config.json`` (+ ``backbone``: what the backbone was built from, frozen or not). Only rank 0
-writes.
+checkpointed step), ``config.json`` (+ ``backbone``: what the backbone was built from, frozen or not),
+``feature_cache.json`` (runs with ``train.dense.feature_cache``: the cache used and what building it cost). Only
+rank 0 writes.
+
+Feature cache (``train.dense.feature_cache``, issue 15): in the dense stage on a frozen backbone the backbone's
+output of every (frame, flip) the steps visit is computed once before the first step
+(:mod:`vppkit.engine.feature_cache`, stored under ``cache_dir()/features``) and the steps train the pyramid +
+decoder on it: the same :class:`StepBatches` draws (clips, flips), seeds and :func:`chain_loss`, so a cached and an
+uncached run of the same steps end with the same weights up to float tolerance. Refused (ValueError) in the sparse
+stage, with an unfrozen backbone and with the adapter host; ignored, with the reason recorded, when the pretrained
+backbone fell back to a from-scratch one (the freeze is ignored then).
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from vppkit.data.video import VideoFrames, has_instance, sample_reference_frames
 from vppkit.engine.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint, set_rng_states, unwrap
 from vppkit.engine.distributed import DistInfo, init_distributed
 from vppkit.engine.rovis_loss import RovisLossSettings, rovis_task_loss
+from vppkit.engine.feature_cache import FeatureCache, check_feature_cache
 from vppkit.models.vis.losses import build_criterion
 from vppkit.models.vis.model import TRACKERS, build_vis_model
 from vppkit.utils.io import atomic_path, atomic_write_json
@@ -86,7 +96,7 @@ TRAINING_SECTIONS = ("seed", "data", "model", "loss", "train", "pruning")
 #: ``experiments``, ``analyses``) reuses the trained models. Note ``vppkit.models`` is keyed whole (training-free
 #: selectors in ``vppkit.models.pruning.selection`` included) and this module also holds :func:`load_model`.
 TRAINING_CODE = ("vppkit.data", "vppkit.models", "vppkit.weights", "vppkit.engine.train", "vppkit.engine.rovis_loss",
-                 "vppkit.engine.checkpoint", "vppkit.engine.distributed")
+                 "vppkit.engine.checkpoint", "vppkit.engine.distributed", "vppkit.engine.feature_cache")
 
 
 def training_config(cfg: dict) -> dict:
@@ -213,23 +223,37 @@ def clip_indices(frames: VideoFrames, sample: tuple[int, int | None], length: in
     return chain
 
 
-def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: int, tcfg: dict, flip: bool,
-           rng: np.random.Generator):
-    """Per time step t: images (B, 3, H, W) uint8 and B targets ({labels, masks, ids})."""
-    vids = [vi for vi, _ in samples]
+def _draw(frames: VideoFrames, samples: list[tuple[int, int | None]], length: int, tcfg: dict, flip: bool,
+          rng: np.random.Generator) -> list[tuple[int, list[int], bool]]:
+    """The random draws of one step, in order: per sample (video index, clip frame indices in chain order
+    (:func:`clip_indices`), horizontal flip (probability 0.5 when ``flip``)). The flip is the batches' only random
+    augmentation (frames are resized deterministically, :class:`VideoFrames`)."""
     clips = [clip_indices(frames, smp, length, tcfg, rng) for smp in samples]
-    flips = [bool(flip and rng.random() < 0.5) for _ in vids]
+    flips = [bool(flip and rng.random() < 0.5) for _ in samples]
+    return [(vi, clip, fl) for (vi, _), clip, fl in zip(samples, clips, flips)]
+
+
+def _batch(frames: VideoFrames, samples: list[tuple[int, int | None]], length: int, tcfg: dict, flip: bool,
+           rng: np.random.Generator, features: FeatureCache | None = None):
+    """Per time step t: images (B, 3, H, W) uint8 (or, with ``features``, the cached backbone output of those
+    flipped / unflipped frames, :meth:`FeatureCache.output`) and B targets ({labels, masks, ids}, masks flipped
+    with their frame)."""
+    draws = _draw(frames, samples, length, tcfg, flip, rng)
     steps = []
     for t in range(length):
         imgs, tg = [], []
-        for v, clip, fl in zip(vids, clips, flips):
-            img = frames.frame(v, clip[t])
+        for v, clip, fl in draws:
             labels, masks = frames.instances(v, clip[t])
-            if fl:
-                img, masks = img.flip(-1), masks.flip(-1)
-            imgs.append(img)
-            tg.append({"labels": labels, "masks": masks, "ids": frames.instance_ids(v, clip[t])})
-        steps.append((torch.stack(imgs), tg))
+            if features is None:
+                img = frames.frame(v, clip[t])
+                imgs.append(img.flip(-1) if fl else img)
+            tg.append({"labels": labels, "masks": masks.flip(-1) if fl else masks,
+                       "ids": frames.instance_ids(v, clip[t])})
+        if features is None:
+            inputs = torch.stack(imgs)
+        else:
+            inputs = features.output([(v, clip[t], fl) for v, clip, fl in draws])
+        steps.append((inputs, tg))
     return steps
 
 
@@ -245,20 +269,40 @@ class StepBatches(torch.utils.data.Dataset):
         samples: :func:`training_samples`; sampler: :class:`StepSampler` over them.
         length: frames per clip; tcfg: the stage's ``train`` section (``max_gap``, ``ref_window``, ``ref_order``,
             ``flip``).
+        features: a :class:`~vppkit.engine.feature_cache.FeatureCache` holding every frame of the steps read
+            (:meth:`entries`, :meth:`FeatureCache.ensure`): the items then carry the cached backbone output instead
+            of the images; same draws, same targets.
 
-    Item: per time step t of the chain, (images (B, 3, H, W) uint8, B targets {labels (K,), masks (K, H, W),
+    Item: per time step t of the chain, (images (B, 3, H, W) uint8, or with ``features`` a
+    :class:`~vppkit.models.records.BackboneOutput` with tokens (B, N, C); B targets {labels (K,), masks (K, H, W),
     ids (K,) annotation ids: an instance's identity across frames}).
     """
 
     def __init__(self, frames: VideoFrames, samples: list[tuple[int, int | None]], sampler: StepSampler,
-                 length: int, tcfg: dict, seed: int, rank: int) -> None:
+                 length: int, tcfg: dict, seed: int, rank: int, features: FeatureCache | None = None) -> None:
         self.frames, self.samples, self.sampler = frames, samples, sampler
         self.length, self.tcfg, self.seed, self.rank = length, tcfg, seed, rank
+        self.features = features
+
+    def _rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step, self.rank])
+
+    def _samples(self, step: int) -> list[tuple[int, int | None]]:
+        return [self.samples[i] for i in self.sampler.indices(step)]
 
     def __getitem__(self, step: int):
-        rng = np.random.default_rng([self.seed, step, self.rank])
-        return _batch(self.frames, [self.samples[i] for i in self.sampler.indices(step)], self.length, self.tcfg,
-                      bool(self.tcfg["flip"]), rng)
+        return _batch(self.frames, self._samples(step), self.length, self.tcfg, bool(self.tcfg["flip"]),
+                      self._rng(step), self.features)
+
+    def entries(self, start: int, end: int) -> set[tuple[int, int, bool]]:
+        """Every (video index, frame index, flip) that steps ``start``..``end − 1`` show the model (the draws of
+        :meth:`__getitem__`, without reading any frame)."""
+        out = set()
+        for step in range(start, end):
+            for vi, clip, fl in _draw(self.frames, self._samples(step), self.length, self.tcfg,
+                                      bool(self.tcfg["flip"]), self._rng(step)):
+                out.update((vi, int(t), fl) for t in clip)
+        return out
 
 
 def step_loader(batches: StepBatches, start: int, end: int, workers: int, pin_memory: bool = False):
@@ -484,13 +528,17 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
 
     Returns:
         Summary dict: ``out_dir``, ``checkpoint`` (final model, or last checkpoint when stopped early), ``steps``,
-        ``seconds`` (wall time of this call), ``sec_per_step``, ``last`` (loss values of the last step).
+        ``seconds`` (wall time of this call, the feature-cache build included), ``sec_per_step``, ``last`` (loss
+        values of the last step), ``feature_cache`` (``feature_cache.json``'s record, or None without the cache).
 
     Raises:
-        ValueError: bad stage, a sparse stage without a pruner, incompatible ``init``.
+        ValueError: bad stage, a sparse stage without a pruner, incompatible ``init``, a feature cache the stage
+            cannot use (:func:`vppkit.engine.feature_cache.check_feature_cache`, a backbone random in training
+            mode).
     """
     info = init_distributed(device)
     tcfg = stage_config(cfg, stage)
+    use_cache = check_feature_cache(cfg, stage, tcfg)
     sparse = stage == "sparse"
     pcfg = cfg["pruning"] if sparse else None
     if sparse and (not pcfg or str(pcfg["method"]).lower() in ("none", "dense")):
@@ -506,6 +554,12 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
     frames = VideoFrames(js, frames_root, cfg["model"]["img_size"], cache=bool(cfg["data"]["cache"]))
     num_classes = len(frames.category_ids)
     model, backbone = _build_for_training(cfg, tcfg, num_classes, pcfg, init)
+    cache_info = None
+    if use_cache and not backbone["frozen"]:  # pretrained backbone missing: freeze ignored (recorded), so no cache
+        use_cache = False
+        cache_info = {"used": False, "reason": "train.dense.feature_cache ignored: the backbone is not frozen "
+                                               f"({backbone.get('freeze_note')})"}
+        log.warning("%s", cache_info["reason"])
     model = model.to(info.device)
     model.train()
     samples = training_samples(frames, str(tcfg["sample_unit"]))
@@ -545,10 +599,16 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
                               fp_prob=float(tcfg["track_query_fp"]), w_class=float(lcfg["w_class"]),
                               w_mask=float(lcfg["w_mask"]), w_dice=float(lcfg["w_dice"]))
     t0 = time.perf_counter()
+    batches = StepBatches(frames, samples, sampler, clip_len, tcfg, seed, info.rank)
+    if use_cache:
+        cache_info = _prepare_feature_cache(unwrap(model), batches, cfg, start, end, info, progress)
+    if cache_info is not None:
+        extra["feature_cache"] = cache_info
+        if info.is_main:
+            atomic_write_json(out / "feature_cache.json", cache_info)
     bar = tqdm(total=total, initial=start, desc=f"train {stage}", unit="step", disable=not (progress and info.is_main))
     logs = {}
-    loader = step_loader(StepBatches(frames, samples, sampler, clip_len, tcfg, seed, info.rank), start, end,
-                         int(tcfg["workers"]), pin_memory=info.device.startswith("cuda"))
+    loader = step_loader(batches, start, end, int(tcfg["workers"]), pin_memory=info.device.startswith("cuda"))
     ts, cs = time.perf_counter(), time.process_time()
     for step, steps in zip(range(start, end), loader):
         seed_step(seed, step, info.rank)
@@ -578,4 +638,29 @@ def train(cfg: dict, stage: str = "dense", out_dir: str | Path | None = None, in
         ckpt = save_checkpoint(out / FINAL, model, None, None, total, cfg, extra)
     ran = max(end - start, 1)
     return {"out_dir": str(out), "checkpoint": str(ckpt), "steps": end, "seconds": seconds,
-            "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage, "backbone": backbone}
+            "sec_per_step": seconds / ran, "last": rows[-1] if rows else {}, "stage": stage, "backbone": backbone,
+            "feature_cache": cache_info}
+
+
+def _prepare_feature_cache(model, batches: StepBatches, cfg: dict, start: int, end: int, info: DistInfo,
+                           progress: bool) -> dict:
+    """Build the feature-cache entries of steps ``start``..``end − 1`` and switch ``batches`` to them.
+
+    Returns what the run folder's ``feature_cache.json`` records: ``used``, ``folder``, ``key`` and ``meta`` (what
+    it hashes), ``entries`` (distinct (frame, flip) of steps 0..end − 1), ``built`` and ``build_seconds_this_run``
+    / ``build_cpu_seconds_this_run`` (wall / process-CPU s this call spent building, frame decoding included),
+    ``build_seconds`` / ``build_cpu_seconds``: what building every entry of steps 0..end − 1 cost when it was built
+    (:meth:`FeatureCache.cost`; the same whether this run or an earlier one built it), ``entries_missing``.
+    """
+    cache = FeatureCache.for_model(model, batches.frames, cfg["model"])
+    stats = cache.ensure(model, batches.entries(start, end), device=info.device,
+                         progress=progress and info.is_main)
+    used = batches.entries(0, end)
+    cost = cache.cost(used)
+    batches.features = cache
+    log.info("feature cache %s: %d entries (%d built now in %.1f s), build cost %.1f s", cache.folder, len(used),
+             stats["built"], stats["seconds"], cost["seconds"])
+    return {"used": True, "folder": str(cache.folder), "key": cache.key, "meta": cache.meta, "entries": len(used),
+            "built": stats["built"], "build_seconds_this_run": stats["seconds"],
+            "build_cpu_seconds_this_run": stats["cpu_seconds"], "build_seconds": cost["seconds"],
+            "build_cpu_seconds": cost["cpu_seconds"], "entries_missing": cost["missing"]}

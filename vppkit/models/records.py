@@ -130,6 +130,15 @@ class BackboneOutput:
         """Final tokens as a (B, C, H_p, W_p) map."""
         return tokens_to_map(self.tokens, self.grid)
 
+    def to(self, device) -> "BackboneOutput":
+        """A copy with ``tokens``, ``prefix``, ``intermediates`` and ``aux_loss`` on ``device`` (the keep record
+        stays on the CPU, as always; ``state`` is passed as is). Used for precomputed outputs fed to
+        :meth:`vppkit.models.vis.model.VISModel.forward` (the dense stage's feature cache)."""
+        return BackboneOutput(tokens=self.tokens.to(device), grid=self.grid, prefix=self.prefix.to(device),
+                              intermediates=None if self.intermediates is None
+                              else [t.to(device) for t in self.intermediates],
+                              keep=self.keep, state=self.state, aux_loss=self.aux_loss.to(device))
+
 
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(B, N, C) patch tokens -> (B, C, H_p, W_p). Raises ValueError when N != H_p * W_p."""

@@ -28,6 +28,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vppkit.config import img_size_hw
 from vppkit.models.adapter import ViTAdapter
 from vppkit.models.pruning import build_pruner as build_method_pruner
+from vppkit.models.records import BackboneOutput
 from vppkit.models.vis.decoder import MaskDecoder
 from vppkit.models.vis.m2f_head import Mask2FormerHead
 from vppkit.models.vis.pyramid import SimplePyramid
@@ -107,6 +108,9 @@ class VISModel(nn.Module):
         :attr:`VISOutput.queries`) -> :class:`VISOutput`. ``decode=False``: backbone and pyramid / pixel decoder
         only (``features`` set). ``features=`` (a previous output's ``features``; ``images`` None): decode those
         again, without the backbone. Both go through ``forward`` so that a DDP wrapper sees every use.
+        Plain host: ``images`` may instead be a precomputed :class:`~vppkit.models.records.BackboneOutput` (what
+        :meth:`run_backbone` returned for those frames: the dense stage's feature cache on a frozen backbone,
+        :mod:`vppkit.engine.feature_cache`); only the pyramid and the decoder run then.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, dim: int = 64, num_queries: int = 10,
@@ -179,23 +183,36 @@ class VISModel(nn.Module):
             return self.backbone(x, state, **kw)
         return self.adapter(self.backbone, x, state, **kw)
 
-    def forward(self, images: torch.Tensor | None = None, state: Any = None, execution: str | None = None,
-                return_intermediates: bool = False, *, track_queries: torch.Tensor | None = None,
-                decode: bool = True, features: Any = None) -> VISOutput:
+    def run_backbone(self, images: torch.Tensor, state: Any = None, execution: str | None = None,
+                     return_intermediates: bool = False):
+        """The backbone part of :meth:`forward`: normalisation, then the PrunableViT (plain host: a
+        :class:`~vppkit.models.records.BackboneOutput`, tokens (B, N, C)) or the ViT-Adapter around it (an
+        ``AdapterOutput``). Under ``torch.no_grad()`` when autograd is on but nothing in the backbone trains
+        (frozen dense backbone)."""
+        x = self.normalize(images)
+        kw = dict(execution=execution, return_intermediates=return_intermediates)
+        if torch.is_grad_enabled() and not self._backbone_needs_grad():
+            # frozen dense backbone: nothing inside it trains, so no graph is needed (2-3x cheaper steps)
+            with torch.no_grad():
+                return self._run_backbone(x, state, **kw)
+        return self._run_backbone(x, state, **kw)
+
+    def forward(self, images: torch.Tensor | BackboneOutput | None = None, state: Any = None,
+                execution: str | None = None, return_intermediates: bool = False, *,
+                track_queries: torch.Tensor | None = None, decode: bool = True, features: Any = None) -> VISOutput:
         if features is not None:
             if images is not None:
                 raise ValueError("VISModel: give images or features, not both")
             return self._decode(features, None, track_queries)
         if images is None:
             raise ValueError("VISModel: images (or features) required")
-        x = self.normalize(images)
-        kw = dict(execution=execution, return_intermediates=return_intermediates)
-        if torch.is_grad_enabled() and not self._backbone_needs_grad():
-            # frozen dense backbone: nothing inside it trains, so no graph is needed (2-3x cheaper steps)
-            with torch.no_grad():
-                res = self._run_backbone(x, state, **kw)
+        if isinstance(images, BackboneOutput):
+            if self.host != "plain":
+                raise ValueError("VISModel: a precomputed BackboneOutput can only feed the plain host (the adapter "
+                                 f"host's ViT-Adapter works between the blocks); this model's host is {self.host!r}")
+            res = images
         else:
-            res = self._run_backbone(x, state, **kw)
+            res = self.run_backbone(images, state, execution, return_intermediates)
         if self.host == "plain":
             bb = res
             feats = self.pyramid(bb.tokens, tuple(bb.grid))     # (mask features, levels)
