@@ -11,6 +11,16 @@ from vppkit.data.ytvis import load_ytvis
 from vppkit.utils.paths import davis_root
 
 
+def test_synth_pool_style(tmp_path, capsys):
+    """``--style pool`` writes the shared-appearance-pool set (generator v3) and records the style."""
+    out = tmp_path / "p"
+    assert main(["data", "synth", "--out", str(out), "--videos", "2", "--frames", "4", "--size", "64", "64",
+                 "--style", "pool"]) == 0
+    ds = load_ytvis(out / "instances.json")
+    assert ds["info"]["generator"]["style"] == "pool" and ds["categories"][0]["name"] == "rimmed_disc"
+    capsys.readouterr()
+
+
 def test_synth_then_validate(tmp_path, capsys):
     out = tmp_path / "s"
     assert main(["data", "synth", "--out", str(out), "--videos", "2", "--seed", "7", "--frames", "5",

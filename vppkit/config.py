@@ -70,6 +70,8 @@ class DataConfig:
     num_frames: int = 16               # frames per video
     height: int = 192                  # px
     width: int = 192
+    synthetic_style: str = "hues"      # hues: per-category hue families (generator v2's look; colour gives objects
+                                       # away at the patch embedding); pool: one shared appearance pool (v3, issue 14)
     # davis (vppkit.data.davis.davis_to_ytvis)
     res: str = "240p"                  # resolution folder
     train_split: str = "train"         # ImageSets lists

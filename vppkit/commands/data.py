@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from vppkit.data.davis import davis_to_ytvis
-from vppkit.data.synthetic import generate_synthetic, size_bin_stats
+from vppkit.data.synthetic import STYLES, generate_synthetic, size_bin_stats
 from vppkit.data.ytvis import load_ytvis, save_ytvis
 
 
@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, nargs=2, default=(192, 192), metavar=("H", "W"),
                    help="frame height and width in pixels (default 192 192)")
     s.add_argument("--format", choices=("jpg", "png"), default="jpg", help="frame image format (default jpg)")
+    s.add_argument("--style", choices=STYLES, default="hues",
+                   help="appearance style: hues (per-category hue families, v2) or pool (one shared appearance pool, "
+                        "v3; vppkit.data.synthetic); default hues")
     s.set_defaults(func=run_synth)
 
     d = sub.add_parser("davis", help="convert a DAVIS split to a class-agnostic YouTube-VIS json")
@@ -61,7 +64,8 @@ def _counts(ds: dict) -> str:
 def run_synth(args: argparse.Namespace) -> int:
     try:
         path = generate_synthetic(args.out, num_videos=args.videos, seed=args.seed, num_frames=args.frames,
-                                  height=args.size[0], width=args.size[1], image_format=args.format)
+                                  height=args.size[0], width=args.size[1], image_format=args.format,
+                                  style=args.style)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -33,7 +33,8 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
     if source == "synthetic":
         key = "num_videos" if split == "train" else "num_val_videos"
         args = dict(num_videos=int(dcfg[key]), seed=int(dcfg["seed"] if split == "train" else dcfg["val_seed"]),
-                    num_frames=int(dcfg["num_frames"]), height=int(dcfg["height"]), width=int(dcfg["width"]))
+                    num_frames=int(dcfg["num_frames"]), height=int(dcfg["height"]), width=int(dcfg["width"]),
+                    style=str(dcfg.get("synthetic_style", "hues")))  # absent in configs saved before v3
         # the generator version is part of the key: a changed generator never reuses stale cached frames
         out = cache_dir() / "synthetic" / f"{split}-{config_hash({**args, 'generator': GENERATOR_VERSION})}"
         js = out / JSON_NAME

@@ -1,6 +1,18 @@
 """Procedural video instance segmentation data in YouTube-VIS format (the project's embedded default data).
 
-Deterministic from a seed (numpy ``default_rng([seed, video_index])``). Each video has:
+Deterministic from a seed (numpy ``default_rng([seed, video_index])``). Two appearance styles (``style``), which
+share the geometry, motion, occlusion, presence and size-bin logic below:
+
+- ``"hues"`` (generator v2, the default profile's data; byte-identical to v2): each category has its own hue
+  family, so colour tells the category and, largely, objects from background: a random-init ViT's patch
+  embedding separates instance from background patches (FGS 0.89 at x_0, issue 14);
+- ``"pool"`` (generator v3, :mod:`vppkit.data.synthetic_pool`, issue 14): objects, distractors and a Voronoi
+  mosaic background draw colour and texture from ONE per-video appearance pool; categories differ by shape, part
+  layout and motion only, so a patch inside an object looks like a background cell (random-init FGS at x_0
+  about 0.5).
+
+Style ``"hues"`` in detail (every item but the first and the background one holds for ``"pool"`` too). Each video
+has:
 
 - 2-4 instances from 4 categories that differ in shape AND texture (striped disc, checkered square,
   dotted triangle, ringed star), each with its own colour pair drawn from its category's hue family
@@ -28,7 +40,6 @@ Output layout: ``<out_dir>/JPEGImages/<video name>/%05d.{jpg,png}`` and ``<out_d
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 from pathlib import Path
@@ -38,14 +49,20 @@ from PIL import Image, ImageFilter
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from vppkit.data import synthetic_pool
+from vppkit.data.synthetic_shapes import area_factor as _area_factor
+from vppkit.data.synthetic_shapes import object_coords as _object_coords
+from vppkit.data.synthetic_shapes import shape_mask as _shape
 from vppkit.data.ytvis import encode_mask, mask_bbox, save_ytvis
 from vppkit.utils.io import atomic_write_bytes
 from vppkit.utils.paths import cache_dir
 
-__all__ = ["CATEGORIES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bin", "generate_synthetic", "synthetic_dataset", "size_bin_stats",
-           "render_video"]
+__all__ = ["CATEGORIES", "STYLES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bin", "categories",
+           "generate_synthetic", "synthetic_dataset", "size_bin_stats", "render_video"]
 
-#: category id -> (name, shape, texture)
+#: appearance styles (module docstring): "hues" = generator v2's look, "pool" = v3's shared appearance pool
+STYLES = ("hues", "pool")
+#: style "hues": category id -> (name, shape, texture, hue family); style "pool": synthetic_pool.CATEGORIES
 CATEGORIES = [
     {"id": 1, "name": "striped_disc", "shape": "disc", "texture": "stripes", "hue": 0.0},
     {"id": 2, "name": "checkered_square", "shape": "square", "texture": "checker", "hue": 0.25},
@@ -62,8 +79,20 @@ _BIN_CYCLE = ("S", "M", "L")
 #: instance paths cross at centre ± this fraction of their reach (0: every path through the frame centre)
 _CROSS_SPREAD = 0.45
 JSON_NAME = "instances.json"
-#: bump when the generator's output changes (part of the cache key of :func:`synthetic_dataset` and of ``info``)
-GENERATOR_VERSION = 2
+#: bump when the generator's output changes (part of the cache key of :func:`synthetic_dataset` and of ``info``).
+#: v3 added style "pool"; style "hues" output is byte-identical to v2.
+GENERATOR_VERSION = 3
+
+
+def categories(style: str = "hues") -> list[dict]:
+    """The category dicts of appearance ``style`` (ids 1..4 in both; names and drawing differ).
+
+    Raises:
+        ValueError: unknown style (not in :data:`STYLES`).
+    """
+    if style not in STYLES:
+        raise ValueError(f"synthetic style (data.synthetic_style) must be one of {list(STYLES)}, got {style!r}")
+    return CATEGORIES if style == "hues" else synthetic_pool.CATEGORIES
 
 
 def size_bin(fraction: float) -> str:
@@ -76,24 +105,6 @@ def size_bin(fraction: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- drawing
-
-
-def _shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Bool mask of a unit shape in object coordinates (u, v) (radius 1 = the shape's outer extent)."""
-    if shape == "disc":
-        return u * u + v * v <= 1.0
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.78
-    if shape == "triangle":  # equilateral, circumradius 1
-        out = np.ones(u.shape, bool)
-        for k in range(3):
-            a = np.pi / 2 + k * 2 * np.pi / 3
-            out &= (u * np.cos(a) + v * np.sin(a)) >= -0.5
-        return out
-    if shape == "star":  # smooth 5-point star
-        rho, theta = np.hypot(u, v), np.arctan2(v, u)
-        return rho <= 0.68 + 0.32 * np.cos(5 * theta)
-    raise ValueError(f"unknown shape {shape!r}")
 
 
 def _texture(texture: str, u: np.ndarray, v: np.ndarray, freq: float) -> np.ndarray:
@@ -110,14 +121,6 @@ def _texture(texture: str, u: np.ndarray, v: np.ndarray, freq: float) -> np.ndar
     raise ValueError(f"unknown texture {texture!r}")
 
 
-@functools.lru_cache(maxsize=None)
-def _area_factor(shape: str) -> float:
-    """Area of the unit shape (in units of radius^2), measured on a fine grid."""
-    g = np.linspace(-1, 1, 801)
-    u, v = np.meshgrid(g, g)
-    return float(_shape(shape, u, v).mean() * 4.0)
-
-
 def _vivid(rng: np.random.Generator, hue: float | None = None) -> np.ndarray:
     """A saturated RGB colour (float 0..255); ``hue`` (0..1) picks a hue family (± ``_HUE_JITTER``), else any hue."""
     h = rng.uniform(0, 1) if hue is None else (hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 1.0
@@ -128,12 +131,6 @@ def _vivid(rng: np.random.Generator, hue: float | None = None) -> np.ndarray:
 
 def _dull(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     return np.clip(base + rng.normal(0, 40, 3), 0, 255)
-
-
-def _object_coords(yy, xx, cx, cy, r, angle):
-    dx, dy = (xx - cx) / r, (yy - cy) / r
-    c, s = np.cos(angle), np.sin(angle)
-    return c * dx + s * dy, -s * dx + c * dy
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -183,15 +180,17 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _plan_instances(rng: np.random.Generator, video_index: int, first_instance: int, num_frames: int,
-                    height: int, width: int) -> list[dict]:
-    """Per-instance category, size bin, trajectory and presence interval."""
+                    height: int, width: int, style: str = "hues") -> list[dict]:
+    """Per-instance category, size bin, trajectory, presence interval and appearance (style "hues": two colours
+    of the category's hue family; "pool": two distinct indices into the video's appearance pool)."""
+    cats = categories(style)
     k_count = int(rng.integers(2, 5))
     t_last = max(num_frames - 1, 1)
     empty_start = 2 if (video_index % 3 == 1 and num_frames > 3) else 0
     plans = []
     for k in range(k_count):
         g = first_instance + k
-        cat = CATEGORIES[g % len(CATEGORIES)]
+        cat = cats[g % len(cats)]
         sbin = _BIN_CYCLE[(g + g // len(CATEGORIES)) % 3]
         if sbin == "L" and any(p["bin"] == "L" for p in plans):
             sbin = "M"  # at most one L instance per video: two would hide each other
@@ -214,13 +213,23 @@ def _plan_instances(rng: np.random.Generator, video_index: int, first_instance: 
                 t_in = int(rng.integers(max(empty_start, 1), num_frames // 2))
             elif u < 0.7:
                 t_out = int(rng.integers(num_frames // 2 + 1, num_frames))
-        plans.append({"category": cat, "bin": sbin, "r0": r0, "p0": p0, "p1": p1, "t_in": t_in, "t_out": t_out,
-                      "zoom": rng.uniform(-0.25, 0.25), "angle0": rng.uniform(0, 2 * np.pi),
-                      "spin": rng.uniform(-0.08, 0.08), "wobble": rng.uniform(0, 0.06) * min(height, width),
-                      "wphase": rng.uniform(0, 2 * np.pi), "wfreq": rng.uniform(0.5, 1.5) * 2 * np.pi / t_last,
-                      "freq": rng.uniform(2.5, 4.5),
-                      "colours": (_vivid(rng, cat["hue"]), _vivid(rng, cat["hue"]) * 0.45),
-                      "depth": rng.uniform()})
+        if style == "hues":
+            plans.append({"category": cat, "bin": sbin, "r0": r0, "p0": p0, "p1": p1, "t_in": t_in,
+                          "t_out": t_out, "zoom": rng.uniform(-0.25, 0.25), "angle0": rng.uniform(0, 2 * np.pi),
+                          "spin": rng.uniform(-0.08, 0.08), "wobble": rng.uniform(0, 0.06) * min(height, width),
+                          "wphase": rng.uniform(0, 2 * np.pi), "wfreq": rng.uniform(0.5, 1.5) * 2 * np.pi / t_last,
+                          "freq": rng.uniform(2.5, 4.5),
+                          "colours": (_vivid(rng, cat["hue"]), _vivid(rng, cat["hue"]) * 0.45),
+                          "depth": rng.uniform()})
+        else:  # "pool": spin and wobble ranges are the category's (categories differ by motion too)
+            apps = rng.choice(synthetic_pool.POOL_SIZE, 2, replace=False)
+            plans.append({"category": cat, "bin": sbin, "r0": r0, "p0": p0, "p1": p1, "t_in": t_in,
+                          "t_out": t_out, "zoom": rng.uniform(-0.25, 0.25), "angle0": rng.uniform(0, 2 * np.pi),
+                          "spin": rng.uniform(-1, 1) * cat["spin"],
+                          "wobble": rng.uniform(0.5, 1.0) * cat["wobble"] * min(height, width),
+                          "wphase": rng.uniform(0, 2 * np.pi), "wfreq": rng.uniform(0.5, 1.5) * 2 * np.pi / t_last,
+                          "appearances": (int(apps[0]), int(apps[1])),
+                          "depth": rng.uniform()})
     return plans
 
 
@@ -287,7 +296,7 @@ _FIT_ITERS = 5
 
 
 def render_video(seed: int, video_index: int, first_instance: int = 0, num_frames: int = 16, height: int = 192,
-                 width: int = 192) -> tuple[list[np.ndarray], list[dict], list[list[np.ndarray]]]:
+                 width: int = 192, style: str = "hues") -> tuple[list[np.ndarray], list[dict], list[list[np.ndarray]]]:
     """Render one synthetic video in memory.
 
     Instance radii are first planned from the target area of their size bin, then refitted (up to
@@ -299,16 +308,28 @@ def render_video(seed: int, video_index: int, first_instance: int = 0, num_frame
         video_index: index of the video in its set (drives empty-frame videos).
         first_instance: global index of the video's first instance (drives category / size-bin cycling).
         num_frames, height, width: video length and frame size (pixels).
+        style: appearance style, :data:`STYLES` (module docstring).
 
     Returns:
         frames: list of T uint8 arrays (H, W, 3);
         plans: per-instance dicts (``category``, ``bin`` = assigned size bin, ...), in instance order;
         masks: per instance, T visible bool masks (H, W) (all-False when absent or fully occluded).
+
+    Raises:
+        ValueError: unknown style.
     """
+    categories(style)  # validates the style
     rng = np.random.default_rng([int(seed), int(video_index)])
-    plans = _plan_instances(rng, video_index, first_instance, num_frames, height, width)
+    size = min(height, width)
+    pool = synthetic_pool.appearance_pool(rng, size) if style == "pool" else None
+    plans = _plan_instances(rng, video_index, first_instance, num_frames, height, width, style)
     pad = max(8, int(0.12 * max(height, width)))
-    canvas = _background(rng, height + 2 * pad, width + 2 * pad)
+    if pool is None:
+        canvas, light = _background(rng, height + 2 * pad, width + 2 * pad), None
+    else:
+        canvas = synthetic_pool.background(rng, pool, height + 2 * pad, width + 2 * pad, size)
+        light = synthetic_pool.light_field(rng, height, width)
+    edge = synthetic_pool.edge_width(size)
     pan = rng.uniform(-1, 1, 2) * pad
     noise_rng = np.random.default_rng([int(seed), int(video_index), 1])
     # back to front: larger size bins behind smaller ones (random within a bin), so occlusion is partial
@@ -330,12 +351,19 @@ def render_video(seed: int, video_index: int, first_instance: int = 0, num_frame
             if a is None:
                 continue
             sl, m, u, v = a
+            if pool is not None:
+                i, j = p["appearances"]
+                synthetic_pool.draw(img, sl, m, u, v, _pose(p, t, tau)[2], p["category"]["parts"], (pool[i], pool[j]),
+                                    edge)
+                continue
             tex = _texture(p["category"]["texture"], u, v, p["freq"])
             shade = (1.0 - 0.2 * (u * u + v * v))[..., None]
             c1, c2 = p["colours"]
             col = np.where(tex[..., None], c1.astype(np.float32), c2.astype(np.float32)) * shade
             crop = img[sl]
             crop[m] = col[m]
+        if light is not None:
+            img *= light
         img += 3.0 * noise_rng.standard_normal(img.shape, dtype=np.float32)
         frames.append(np.clip(img, 0, 255).round().astype(np.uint8))
     return frames, plans, masks
@@ -355,7 +383,7 @@ def _encode_frame(frame: np.ndarray, fmt: str) -> bytes:
 
 def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: int = 0, num_frames: int = 16,
                        height: int = 192, width: int = 192, image_format: str = "jpg",
-                       progress: bool = True) -> Path:
+                       progress: bool = True, style: str = "hues") -> Path:
     """Generate a synthetic YouTube-VIS dataset (frames + json) under ``out_dir``.
 
     Args:
@@ -366,24 +394,26 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
         height, width: frame size in pixels (192x192 -> 12x12 = 144 patch tokens at patch 16).
         image_format: "jpg" (quality 90) or "png".
         progress: tqdm bar over videos.
+        style: appearance style, :data:`STYLES` (module docstring; recorded in ``info.generator.style``).
 
     Returns:
         Path of the json. It is written last, so its presence means the set is complete.
 
     Raises:
-        ValueError: bad sizes or format.
+        ValueError: bad sizes, format or style.
     """
     if num_videos < 1 or num_frames < 1 or height < 16 or width < 16:
         raise ValueError(f"need num_videos >= 1, num_frames >= 1, height/width >= 16; got "
                          f"{num_videos}, {num_frames}, {height}x{width}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    cats = categories(style)
     out_dir = Path(out_dir)
     frames_root = out_dir / "JPEGImages"
     videos, annotations = [], []
     first_instance = 0
     for vi in tqdm(range(num_videos), desc="synthetic videos", unit="video", disable=not progress):
-        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width)
+        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width, style)
         first_instance += len(plans)
         name = f"synth_{vi:04d}"
         file_names = []
@@ -409,25 +439,28 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
     ds = {"info": {"description": "vppkit synthetic video instance segmentation set",
                    "frames_root": "JPEGImages",
                    "generator": {"version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed, "num_frames": num_frames,
-                                 "height": height, "width": width, "image_format": image_format}},
+                                 "height": height, "width": width, "image_format": image_format,
+                                 **({"style": style} if style != "hues" else {})}},
           "licenses": [], "videos": videos, "annotations": annotations,
-          "categories": [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES]}
+          "categories": [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in cats]}
     return save_ytvis(ds, out_dir / JSON_NAME)
 
 
 def synthetic_dataset(num_videos: int = 24, seed: int = 0, num_frames: int = 16, height: int = 192,
                       width: int = 192, image_format: str = "jpg", root: str | os.PathLike | None = None,
-                      progress: bool = True) -> Path:
+                      progress: bool = True, style: str = "hues") -> Path:
     """Json path of a cached synthetic set, generating it on first use.
 
-    The set lives in ``<root or cache_dir()>/synthetic/g{GENERATOR_VERSION}_v{N}_s{seed}_f{F}_{H}x{W}_{fmt}/``.
+    The set lives in ``<root or cache_dir()>/synthetic/g{GENERATOR_VERSION}[_{style}]_v{N}_s{seed}_f{F}_{H}x{W}_{fmt}/``
+    (the style is named when it is not "hues").
     """
+    categories(style)  # validates the style
     base = Path(root) if root is not None else cache_dir()
-    out = (base / "synthetic" /
-           f"g{GENERATOR_VERSION}_v{num_videos}_s{seed}_f{num_frames}_{height}x{width}_{image_format}")
+    tag = f"g{GENERATOR_VERSION}" + (f"_{style}" if style != "hues" else "")
+    out = base / "synthetic" / f"{tag}_v{num_videos}_s{seed}_f{num_frames}_{height}x{width}_{image_format}"
     path = out / JSON_NAME
     if not path.is_file():
-        generate_synthetic(out, num_videos, seed, num_frames, height, width, image_format, progress)
+        generate_synthetic(out, num_videos, seed, num_frames, height, width, image_format, progress, style)
     return path
 
 
