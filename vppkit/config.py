@@ -109,9 +109,9 @@ class ModelConfig:
     img_size: Any = field(default_factory=lambda: [192, 192])  # (H, W) px, or an int for a square input
     host: str = "plain"                # plain: ViT -> simple pyramid -> query decoder; adapter: ViT-Adapter +
                                        # Mask2Former (MSDeformAttn pixel decoder), the paper's host (DESIGN.md §7)
-    tracker: str = "embedding"         # embedding: per-frame model, tracks by matching query embeddings at
-                                       # inference (MinVIS); rovis: the paper's host's ROVIS track queries, trained
-                                       # with the 3-term loss (vppkit.models.vis.rovis, docs/vis_model.md)
+    tracker: str = "rovis"             # rovis: the paper's ROVIS track queries, trained with the 3-term loss
+                                       # (vppkit.models.vis.rovis, docs/vis_model.md); embedding: per-frame model,
+                                       # tracks by matching query embeddings at inference (MinVIS)
     dim: int = 64                      # pyramid / decoder width D
     num_queries: int = 10              # object queries Q
     dec_layers: int = 3                # masked-attention decoder layers
