@@ -118,5 +118,9 @@ def test_setup_table_names_the_host(tmp_path, profile, host):
     assert f"`{host}`" in rows["host"] and "ViT-Adapter (spatial prior conv_inplane 64" in rows["host"]
     assert ("deformable attention 6 heads x 4 points" in rows["host"].split(" | ")[1]) == (host == "adapter")
     assert ("Mask2Former: MSDeformAttn" in rows["VIS head"]) == (host == "adapter")
-    # every profile tracks with ROVIS track queries (the paper's tracker; the CPU profiles chose it by measurement)
+    # every profile but smoke tracks with ROVIS track queries (the paper's tracker; the CPU profiles chose it by
+    # measurement); smoke keeps query-embedding matching (configs/smoke.yaml)
     assert "ROVIS track queries (the previous" in rows["tracker"]
+    smoke = Context("smoke", load_config("smoke"), results_dir=tmp_path / "rs", reports_dir=tmp_path / "ps")
+    smoke_rows = {line.split(" | ")[0].lstrip("| "): line for line in setup_section(smoke) if line.startswith("| ")}
+    assert "query-embedding matching" in smoke_rows["tracker"]
