@@ -282,14 +282,15 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
             outs.append(x[i].index_copy(0, pos, seq[0]).unsqueeze(0))
         return torch.cat(outs, 0)
     kmax = max(cl)
-    if equal:    # nonzero lists kept tokens per sample in original order (= the stable argsort of _kept_index)
-        idx = keep_b.nonzero()[:, 1].view(bsz, kmax)
+    if equal:    # flat row indices of the prefix + kept tokens, sample-major, original order: one nonzero
+        full = torch.cat([keep_b.new_ones(bsz, p), keep_b], 1) if p else keep_b
+        flat = full.view(-1).nonzero().squeeze(1)
         valid = None
     else:
         idx, valid, _ = _kept_index(keep_b)
-    base = torch.arange(bsz, device=x.device)[:, None] * t
-    pos = torch.cat([torch.arange(p, device=x.device).expand(bsz, p), idx + p], 1) + base   # (B, P + K_max)
-    flat = pos.reshape(-1)
+        base = torch.arange(bsz, device=x.device)[:, None] * t
+        pos = torch.cat([torch.arange(p, device=x.device).expand(bsz, p), idx + p], 1) + base   # (B, P + K_max)
+        flat = pos.reshape(-1)
     seq0 = x.reshape(bsz * t, c).index_select(0, flat).view(bsz, p + kmax, c)
     key_mask = None
     if valid is not None:

@@ -123,7 +123,10 @@ class PruneContext:
 
     def add_overhead(self, macs: float | torch.Tensor) -> None:
         """Add ``macs`` (a number for every sample, or a (B,) tensor) to the per-sample overhead."""
-        self.overhead_macs = self.overhead_macs + torch.as_tensor(macs, dtype=torch.float64).cpu()
+        if isinstance(macs, (int, float)):      # the common case: one op, no tensor built (issue 15)
+            self.overhead_macs = self.overhead_macs + float(macs)
+        else:
+            self.overhead_macs = self.overhead_macs + torch.as_tensor(macs, dtype=torch.float64).cpu()
 
 
 class Pruner(nn.Module):

@@ -26,7 +26,12 @@ def sample_gumbel(like: torch.Tensor, generator: torch.Generator | None = None) 
 
 
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Straight-through estimator: forward value ``hard`` (exactly), gradient of ``soft``."""
+    """Straight-through estimator: forward value ``hard``, gradient of ``soft``.
+
+    Without a graph (autograd off, or ``soft`` not requiring grad: inference) ``hard`` itself is returned,
+    which skips two elementwise ops per gate (issue 15: per-forward overhead) and gives exact 0/1 values."""
+    if not (soft.requires_grad and torch.is_grad_enabled()):
+        return hard
     return hard - soft.detach() + soft
 
 

@@ -163,12 +163,15 @@ class MapSM(nn.Module):
         """
         b, n, c = x_q.shape
         counts = mask_prev.sum(-1)
-        k_max = int(counts.max())
+        cl = counts.tolist()
+        k_max = max(cl)
         order = torch.argsort((~mask_prev).to(torch.int8), dim=1, stable=True)[:, :k_max]  # kept first, (B, K)
-        pad = torch.arange(k_max, device=x_q.device)[None, :] >= counts[:, None]
         keys = x_k.gather(1, order[..., None].expand(-1, -1, c))
         prior = spatial_prior(grid, x_q.device).to(x_q.dtype).t()[order].transpose(1, 2)  # (B, N, K)
-        phi = torch.baddbmm(prior, x_q, keys.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf"))
+        phi = torch.baddbmm(prior, x_q, keys.transpose(1, 2))
+        if min(cl) < k_max:  # unequal kept counts in the batch: padding columns at -inf
+            pad = torch.arange(k_max, device=x_q.device)[None, :] >= counts[:, None]
+            phi = phi.masked_fill(pad[:, None, :], float("-inf"))
         if noise:  # same perturbation as gumbel_softmax_st(tau * phi, tau): phi + g / tau
             phi = phi + sample_gumbel(phi) / self.tau
         src = order.gather(1, phi.argmax(-1))  # (B, N) previous-frame token mapped onto each current token
