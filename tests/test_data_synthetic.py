@@ -10,7 +10,7 @@ from PIL import Image
 
 from vppkit.data import synthetic_pool
 from vppkit.data.synthetic import (CATEGORIES, SIZE_BINS, STYLES, _amodal, categories, generate_synthetic,
-                                   render_video, size_bin, size_bin_stats, synthetic_dataset)
+                                   render_video, size_bin, size_bin_stats, synthetic_dataset, video_style)
 from vppkit.data.ytvis import decode_segmentation, load_ytvis
 
 SMALL = dict(num_videos=3, num_frames=6, height=64, width=96, progress=False)
@@ -149,6 +149,32 @@ def test_pool_style_keeps_the_scene_content(pool_set):
     assert sum(a["segmentations"][-1] is None for a in ds["annotations"]) >= 3
 
 
+def test_mixed_style_draws_each_video_in_one_pure_style(tmp_path):
+    """Style "mixed" (issue 14's trade-off): each video is rendered exactly as its drawn pure style renders it (same
+    seed, index and running instance index), both styles occur, pool_fraction 0 / 1 give one style, and the json
+    records each video's style."""
+    kw = dict(SMALL, num_videos=6)
+    m = generate_synthetic(tmp_path / "m", seed=5, style="mixed", pool_fraction=0.5, **kw)
+    ds = load_ytvis(m)
+    styles = [v["style"] for v in ds["videos"]]
+    assert styles == [video_style("mixed", 5, i, 0.5) for i in range(6)] and set(styles) == {"hues", "pool"}
+    for i in (styles.index("hues"), styles.index("pool")):
+        fm, pm, _ = render_video(5, i, 7, 6, 64, 96, style="mixed", pool_fraction=0.5)
+        fs, ps, _ = render_video(5, i, 7, 6, 64, 96, style=styles[i])
+        assert all(np.array_equal(a, b) for a, b in zip(fm, fs)) and len(pm) == len(ps)
+    first = ds["videos"][0]
+    want = _tree(generate_synthetic(tmp_path / "one", seed=5, style=styles[0], **dict(kw, num_videos=1)).parent)
+    assert all(_tree(m.parent)[f"JPEGImages/{f}"] == want[f"JPEGImages/{f}"] for f in first["file_names"])
+    assert ds["info"]["generator"]["pool_fraction"] == 0.5
+    assert [c["id"] for c in ds["categories"]] == [c["id"] for c in synthetic_pool.CATEGORIES]
+    assert all(a["shape"] == b["shape"] for a, b in zip(CATEGORIES, synthetic_pool.CATEGORIES))
+    assert {video_style("mixed", 0, i, 0.0) for i in range(20)} == {"hues"}
+    assert {video_style("mixed", 0, i, 1.0) for i in range(20)} == {"pool"}
+    with pytest.raises(ValueError, match="data.pool_fraction"):
+        generate_synthetic(tmp_path / "x", style="mixed", pool_fraction=1.5, **kw)
+    assert not (tmp_path / "x").exists()
+
+
 def test_pool_style_determinism_and_bad_style(tmp_path):
     a = generate_synthetic(tmp_path / "a", seed=3, style="pool", **SMALL)
     b = generate_synthetic(tmp_path / "b", seed=3, style="pool", **SMALL)
@@ -156,7 +182,7 @@ def test_pool_style_determinism_and_bad_style(tmp_path):
     ta, tb, th = _tree(a.parent), _tree(b.parent), _tree(h.parent)
     assert ta == tb
     assert any(ta[k] != th[k] for k in ta if k.endswith(".jpg"))  # the styles differ
-    assert STYLES == ("hues", "pool") and categories("hues") is CATEGORIES
+    assert STYLES == ("hues", "pool", "mixed") and categories("hues") is CATEGORIES
     with pytest.raises(ValueError, match="data.synthetic_style"):
         generate_synthetic(tmp_path / "x", style="flat", **SMALL)
     with pytest.raises(ValueError, match="data.synthetic_style"):

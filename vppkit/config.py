@@ -71,7 +71,9 @@ class DataConfig:
     height: int = 192                  # px
     width: int = 192
     synthetic_style: str = "hues"      # hues: per-category hue families (generator v2's look; colour gives objects
-                                       # away at the patch embedding); pool: one shared appearance pool (v3, issue 14)
+                                       # away at the patch embedding); pool: one shared appearance pool (v3, issue 14);
+                                       # mixed: each video pool with probability pool_fraction, else hues
+    pool_fraction: float = 0.5         # style "mixed" only (vppkit.data.synthetic.video_style)
     # davis (vppkit.data.davis.davis_to_ytvis)
     res: str = "240p"                  # resolution folder
     train_split: str = "train"         # ImageSets lists

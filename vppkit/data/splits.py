@@ -35,6 +35,8 @@ def resolve_split(dcfg: dict, split: str, progress: bool = False) -> tuple[Path,
         args = dict(num_videos=int(dcfg[key]), seed=int(dcfg["seed"] if split == "train" else dcfg["val_seed"]),
                     num_frames=int(dcfg["num_frames"]), height=int(dcfg["height"]), width=int(dcfg["width"]),
                     style=str(dcfg.get("synthetic_style", "hues")))  # absent in configs saved before v3
+        if args["style"] == "mixed":     # only then part of the key (hues / pool keys stay as they were)
+            args["pool_fraction"] = float(dcfg.get("pool_fraction", 0.5))
         # the generator version is part of the key: a changed generator never reuses stale cached frames
         out = cache_dir() / "synthetic" / f"{split}-{config_hash({**args, 'generator': GENERATOR_VERSION})}"
         js = out / JSON_NAME

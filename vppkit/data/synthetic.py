@@ -9,7 +9,12 @@ share the geometry, motion, occlusion, presence and size-bin logic below:
 - ``"pool"`` (generator v3, :mod:`vppkit.data.synthetic_pool`, issue 14): objects, distractors and a Voronoi
   mosaic background draw colour and texture from ONE per-video appearance pool; categories differ by shape, part
   layout and motion only, so a patch inside an object looks like a background cell (random-init FGS at x_0
-  about 0.5).
+  about 0.5);
+- ``"mixed"`` (issue 14's trade-off between the two): each video is drawn in style "pool" with probability
+  ``pool_fraction`` (from ``default_rng([seed, video_index, 991])``), else in style "hues", and rendered exactly
+  as that style renders it (the running instance index, which cycles categories and size bins, is the set's). Category ids and shapes agree between the styles (disc,
+  square, triangle, star), so one label set serves both; the json names the hues categories and each video's
+  style (``videos[i].style``).
 
 Style ``"hues"`` in detail (every item but the first and the background one holds for ``"pool"`` too). Each video
 has:
@@ -61,7 +66,7 @@ __all__ = ["CATEGORIES", "STYLES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION"
            "generate_synthetic", "synthetic_dataset", "size_bin_stats", "render_video"]
 
 #: appearance styles (module docstring): "hues" = generator v2's look, "pool" = v3's shared appearance pool
-STYLES = ("hues", "pool")
+STYLES = ("hues", "pool", "mixed")
 #: style "hues": category id -> (name, shape, texture, hue family); style "pool": synthetic_pool.CATEGORIES
 CATEGORIES = [
     {"id": 1, "name": "striped_disc", "shape": "disc", "texture": "stripes", "hue": 0.0},
@@ -85,14 +90,30 @@ GENERATOR_VERSION = 3
 
 
 def categories(style: str = "hues") -> list[dict]:
-    """The category dicts of appearance ``style`` (ids 1..4 in both; names and drawing differ).
+    """The category dicts of appearance ``style`` (ids 1..4 and their shapes agree; names and drawing differ;
+    "mixed" uses the hues dicts).
 
     Raises:
         ValueError: unknown style (not in :data:`STYLES`).
     """
     if style not in STYLES:
         raise ValueError(f"synthetic style (data.synthetic_style) must be one of {list(STYLES)}, got {style!r}")
-    return CATEGORIES if style == "hues" else synthetic_pool.CATEGORIES
+    return synthetic_pool.CATEGORIES if style == "pool" else CATEGORIES
+
+
+def video_style(style: str, seed: int, video_index: int, pool_fraction: float = 0.5) -> str:
+    """The style a video is drawn in: ``style`` itself, or for "mixed" "pool" with probability ``pool_fraction``.
+
+    Raises:
+        ValueError: unknown style, or ``pool_fraction`` outside [0, 1] (data.pool_fraction).
+    """
+    categories(style)
+    if style != "mixed":
+        return style
+    if not 0.0 <= float(pool_fraction) <= 1.0:
+        raise ValueError(f"data.pool_fraction must lie in [0, 1], got {pool_fraction!r}")
+    u = np.random.default_rng([int(seed), int(video_index), 991]).random()
+    return "pool" if u < float(pool_fraction) else "hues"
 
 
 def size_bin(fraction: float) -> str:
@@ -296,7 +317,8 @@ _FIT_ITERS = 5
 
 
 def render_video(seed: int, video_index: int, first_instance: int = 0, num_frames: int = 16, height: int = 192,
-                 width: int = 192, style: str = "hues") -> tuple[list[np.ndarray], list[dict], list[list[np.ndarray]]]:
+                 width: int = 192, style: str = "hues", pool_fraction: float = 0.5
+                 ) -> tuple[list[np.ndarray], list[dict], list[list[np.ndarray]]]:
     """Render one synthetic video in memory.
 
     Instance radii are first planned from the target area of their size bin, then refitted (up to
@@ -309,6 +331,7 @@ def render_video(seed: int, video_index: int, first_instance: int = 0, num_frame
         first_instance: global index of the video's first instance (drives category / size-bin cycling).
         num_frames, height, width: video length and frame size (pixels).
         style: appearance style, :data:`STYLES` (module docstring).
+        pool_fraction: style "mixed" only: the probability of drawing this video in style "pool".
 
     Returns:
         frames: list of T uint8 arrays (H, W, 3);
@@ -318,7 +341,7 @@ def render_video(seed: int, video_index: int, first_instance: int = 0, num_frame
     Raises:
         ValueError: unknown style.
     """
-    categories(style)  # validates the style
+    style = video_style(style, seed, video_index, pool_fraction)  # validates; "mixed" -> this video's style
     rng = np.random.default_rng([int(seed), int(video_index)])
     size = min(height, width)
     pool = synthetic_pool.appearance_pool(rng, size) if style == "pool" else None
@@ -383,7 +406,7 @@ def _encode_frame(frame: np.ndarray, fmt: str) -> bytes:
 
 def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: int = 0, num_frames: int = 16,
                        height: int = 192, width: int = 192, image_format: str = "jpg",
-                       progress: bool = True, style: str = "hues") -> Path:
+                       progress: bool = True, style: str = "hues", pool_fraction: float = 0.5) -> Path:
     """Generate a synthetic YouTube-VIS dataset (frames + json) under ``out_dir``.
 
     Args:
@@ -395,6 +418,8 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
         image_format: "jpg" (quality 90) or "png".
         progress: tqdm bar over videos.
         style: appearance style, :data:`STYLES` (module docstring; recorded in ``info.generator.style``).
+        pool_fraction: style "mixed" only (recorded in ``info.generator.pool_fraction``; each video's drawn
+            style in ``videos[i].style``).
 
     Returns:
         Path of the json. It is written last, so its presence means the set is complete.
@@ -408,12 +433,13 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     cats = categories(style)
+    video_style(style, seed, 0, pool_fraction)  # validates pool_fraction before anything is written
     out_dir = Path(out_dir)
     frames_root = out_dir / "JPEGImages"
     videos, annotations = [], []
     first_instance = 0
     for vi in tqdm(range(num_videos), desc="synthetic videos", unit="video", disable=not progress):
-        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width, style)
+        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width, style, pool_fraction)
         first_instance += len(plans)
         name = f"synth_{vi:04d}"
         file_names = []
@@ -423,7 +449,8 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
             file_names.append(rel)
         vid_id = vi + 1
         videos.append({"id": vid_id, "name": name, "file_names": file_names, "height": height, "width": width,
-                       "length": num_frames})
+                       "length": num_frames,
+                       **({"style": video_style(style, seed, vi, pool_fraction)} if style == "mixed" else {})})
         for p, inst_masks in zip(plans, masks):
             segs, boxes, areas = [], [], []
             for m in inst_masks:
@@ -440,7 +467,8 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
                    "frames_root": "JPEGImages",
                    "generator": {"version": GENERATOR_VERSION, "num_videos": num_videos, "seed": seed, "num_frames": num_frames,
                                  "height": height, "width": width, "image_format": image_format,
-                                 **({"style": style} if style != "hues" else {})}},
+                                 **({"style": style} if style != "hues" else {}),
+                                 **({"pool_fraction": float(pool_fraction)} if style == "mixed" else {})}},
           "licenses": [], "videos": videos, "annotations": annotations,
           "categories": [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in cats]}
     return save_ytvis(ds, out_dir / JSON_NAME)
@@ -448,19 +476,21 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
 
 def synthetic_dataset(num_videos: int = 24, seed: int = 0, num_frames: int = 16, height: int = 192,
                       width: int = 192, image_format: str = "jpg", root: str | os.PathLike | None = None,
-                      progress: bool = True, style: str = "hues") -> Path:
+                      progress: bool = True, style: str = "hues", pool_fraction: float = 0.5) -> Path:
     """Json path of a cached synthetic set, generating it on first use.
 
     The set lives in ``<root or cache_dir()>/synthetic/g{GENERATOR_VERSION}[_{style}]_v{N}_s{seed}_f{F}_{H}x{W}_{fmt}/``
-    (the style is named when it is not "hues").
+    (the style is named when it is not "hues"; "mixed" also names ``pool_fraction``, e.g. ``_mixed0.5``).
     """
-    categories(style)  # validates the style
+    video_style(style, seed, 0, pool_fraction)  # validates the style and pool_fraction
     base = Path(root) if root is not None else cache_dir()
-    tag = f"g{GENERATOR_VERSION}" + (f"_{style}" if style != "hues" else "")
+    tag = f"g{GENERATOR_VERSION}" + (f"_{style}" if style != "hues" else "") + (
+        f"{float(pool_fraction):g}" if style == "mixed" else "")
     out = base / "synthetic" / f"{tag}_v{num_videos}_s{seed}_f{num_frames}_{height}x{width}_{image_format}"
     path = out / JSON_NAME
     if not path.is_file():
-        generate_synthetic(out, num_videos, seed, num_frames, height, width, image_format, progress, style)
+        generate_synthetic(out, num_videos, seed, num_frames, height, width, image_format, progress, style,
+                           pool_fraction)
     return path
 
 
