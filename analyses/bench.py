@@ -183,7 +183,10 @@ def _render_block_cost(bc: dict) -> list[str]:
              f"(N = {bc['num_patches']}), ms/frame", "",
              "One block on a contiguous (B, 1 + K, C) tensor, interleaved rounds, median. `fixed` = the intercept of a "
              "least-squares line t(K) = fixed + per-token x K: the cost per block that pruning cannot remove "
-             "(operator dispatch, threading); `share` = fixed / t(N).", ""]
+             "(operator dispatch, threading); `share` = fixed / t(N). `compiled` = the same block under "
+             "`torch.compile(dynamic=True)` (inductor): whether compilation lowers that floor.", ""]
+    if bc.get("compiled_error"):
+        lines += [f"torch.compile was not available here ({bc['compiled_error']}); eager rows only.", ""]
     for b, v in bc["batches"].items():
         ks = list(v["eager"])
         lines += [f"batch {b} (max IQR {100 * v['iqr_rel_max']:.1f} %):", "",

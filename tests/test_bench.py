@@ -320,3 +320,25 @@ def test_ceiling_forward_equals_dense_blocks_on_kept_tokens():
         assert bench.ceiling_forward(bb.vit, x, m)().shape == (2, 1 + VPP40_N6[-1], 48)
     with pytest.raises(ValueError):
         bench.ceiling_forward(bb.vit, x, torch.rand(2, 12, 6) < 0.5)     # unequal / not nested
+
+
+def test_block_cost_curve_reports_a_failed_compile_and_keeps_the_eager_rows(monkeypatch):
+    """Where torch.compile fails (e.g. no C++ compiler for inductor) the block-cost table keeps its eager rows and
+    says why the compiled ones are missing (issue 15: whether compilation lifts the small model's floor)."""
+    from analyses.bench import _render_block_cost
+    from vppkit.bench.breakdown import block_cost_curve
+
+    def broken_compile(mod, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    bc = block_cost_curve("vit_nano", (32, 48), fractions=(1.0, 0.0), batches=(1,), repeats=1, compiled=True,
+                          min_run_time=0.0)
+    assert bc["compiled"] is False and "no compiler here" in bc["compiled_error"]
+    res = bc["batches"]["1"]
+    assert res["compiled"] is None and set(res["eager"]) == {6, 0} and "eager" in res["fit"]
+    text = "\n".join(_render_block_cost(bc))
+    assert "torch.compile was not available here (RuntimeError: no compiler here)" in text
+    assert "| eager |" in text and "| compiled |" not in text

@@ -165,11 +165,13 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
     (interleaved rounds); a least-squares line ``t(K) = fixed + per_token * K`` gives the fixed cost per block
     (operator dispatch, thread start-up: what stays when K -> 0) and its share of the dense block
     (``fixed_share = fixed / t(N)``). With ``compiled`` the same block compiled (``torch.compile(dynamic=True)``)
-    is timed beside the eager one.
+    is timed beside the eager one (issue 15: whether compilation lifts the floor); where compilation fails (no C++
+    compiler for inductor, an unsupported platform) the eager rows stay and ``compiled_error`` says why.
 
     Returns:
-        ``{"arch", "num_patches", "batches": {batch: {"eager": {K: ms}, "compiled": {K: ms} | None,
-        "fit": {"eager": {"fixed_ms", "per_token_ms", "fixed_share"}, ...}, "iqr_rel_max"}}}``; ms per frame.
+        ``{"arch", "num_patches", "compiled", "compiled_error", "batches": {batch: {"eager": {K: ms},
+        "compiled": {K: ms} | None, "fit": {"eager": {"fixed_ms", "per_token_ms", "fixed_share"}, ...},
+        "iqr_rel_max"}}}``; ms per frame.
     """
     torch.manual_seed(seed)
     bb = build_backbone(arch, img_size=tuple(img_size)).eval().to(device)
@@ -179,6 +181,13 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
     cblk = torch.compile(blk, dynamic=True) if compiled else None
     ks = sorted({max(0, min(n, round(n * f))) for f in fractions}, reverse=True)
     g = torch.Generator().manual_seed(seed)
+    compiled_error = None
+    if cblk is not None:
+        try:            # compile now (first call), outside the timed rounds
+            with torch.inference_mode():
+                cblk(torch.randn(max(batches), n + p, c, generator=g).to(device))
+        except Exception as e:  # noqa: BLE001 - inductor / dynamo failures of any kind: report, time eager only
+            compiled_error, cblk = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", None
     out = {}
     for bsz in batches:
         x = torch.randn(bsz, n + p, c, generator=g).to(device)
@@ -202,5 +211,6 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
             fixed, slope = torch.linalg.lstsq(a, tt[:, None]).solution[:, 0].tolist()
             res["fit"][kind] = {"fixed_ms": fixed, "per_token_ms": slope, "fixed_share": fixed / res[kind][n]}
         out[str(bsz)] = res
-    return {"arch": arch, "img_size": list(img_size), "num_patches": n, "compiled": compiled, "batches": out,
+    return {"arch": arch, "img_size": list(img_size), "num_patches": n, "compiled": cblk is not None,
+            "compiled_error": compiled_error, "batches": out,
             "machine": machine_info(device)}

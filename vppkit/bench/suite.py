@@ -73,7 +73,7 @@ def default_suite(cfg: dict | None = None, quick: bool = False) -> dict:
                           "repeats": 2},
             "memory": {"lengths": (100, 1000), "mcfg": dict(m), "modes": ("online", "state-chain")},
             "block_cost": {"arch": m["arch"], "img_size": img, "batches": (1, 8), "repeats": 7,
-                           "min_run_time": 0.05}}
+                           "min_run_time": 0.05, "compiled": True}}
 
 
 def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed: int = 0,
@@ -110,6 +110,7 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
         log(f"block cost vs kept count: {bc['arch']} {tuple(bc['img_size'])}")
         cost = block_cost_curve(bc["arch"], tuple(bc["img_size"]), batches=tuple(bc.get("batches", (1, 8))),
                                 repeats=int(bc.get("repeats", 5)), device=device, seed=seed,
+                                compiled=bool(bc.get("compiled", False)),
                                 min_run_time=float(bc.get("min_run_time", 0.05)))
     mem = None
     if suite.get("memory"):
