@@ -12,9 +12,9 @@ share the geometry, motion, occlusion, presence and size-bin logic below:
   about 0.5);
 - ``"mixed"`` (issue 14's trade-off between the two): each video is drawn in style "pool" with probability
   ``pool_fraction`` (from ``default_rng([seed, video_index, 991])``), else in style "hues", and rendered exactly
-  as that style renders it (the running instance index, which cycles categories and size bins, is the set's). Category ids and shapes agree between the styles (disc,
-  square, triangle, star), so one label set serves both; the json names the hues categories and each video's
-  style (``videos[i].style``).
+  as that style renders it (the running instance index, which cycles categories and size bins, is the set's).
+  Category ids and shapes agree between the styles (disc, square, triangle, star), so one label set serves both;
+  the json names the hues categories and each video's style (``videos[i].style``).
 
 Style ``"hues"`` in detail (every item but the first and the background one holds for ``"pool"`` too). Each video
 has:
@@ -63,7 +63,7 @@ from vppkit.utils.io import atomic_write_bytes
 from vppkit.utils.paths import cache_dir
 
 __all__ = ["CATEGORIES", "STYLES", "SIZE_BINS", "JSON_NAME", "GENERATOR_VERSION", "size_bin", "categories",
-           "generate_synthetic", "synthetic_dataset", "size_bin_stats", "render_video"]
+           "generate_synthetic", "synthetic_dataset", "size_bin_stats", "render_video", "video_style"]
 
 #: appearance styles (module docstring): "hues" = generator v2's look, "pool" = v3's shared appearance pool
 STYLES = ("hues", "pool", "mixed")
@@ -439,7 +439,8 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
     videos, annotations = [], []
     first_instance = 0
     for vi in tqdm(range(num_videos), desc="synthetic videos", unit="video", disable=not progress):
-        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width, style, pool_fraction)
+        vstyle = video_style(style, seed, vi, pool_fraction)  # "mixed": this video's pure style, drawn once
+        frames, plans, masks = render_video(seed, vi, first_instance, num_frames, height, width, vstyle)
         first_instance += len(plans)
         name = f"synth_{vi:04d}"
         file_names = []
@@ -450,7 +451,7 @@ def generate_synthetic(out_dir: str | os.PathLike, num_videos: int = 24, seed: i
         vid_id = vi + 1
         videos.append({"id": vid_id, "name": name, "file_names": file_names, "height": height, "width": width,
                        "length": num_frames,
-                       **({"style": video_style(style, seed, vi, pool_fraction)} if style == "mixed" else {})})
+                       **({"style": vstyle} if style == "mixed" else {})})
         for p, inst_masks in zip(plans, masks):
             segs, boxes, areas = [], [], []
             for m in inst_masks:
