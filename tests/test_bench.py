@@ -219,7 +219,8 @@ def test_breakdown_from_fixed_times(monkeypatch):
     def seconds(key):
         k, kind = key
         return {"dense_block": 2e-3, "compute_K": k / 6 * 1e-3, "gathered": (k / 6 + 0.5) * 1e-3,
-                "embed_norm": 0.25e-3, "map_sm": 1e-3, "sm": 0.1e-3}.get(kind, 3e-3)
+                "embed_norm": 0.25e-3, "map_sm": 1e-3, "sm0": 0.1e-3, "sm1": 0.1e-3,
+                "sm2": 0.1e-3}.get(kind, 3e-3)
     monkeypatch.setattr("vppkit.bench.breakdown.time_calls", _fake_time_calls(seconds))
     bd = block_breakdown("vit_nano", (32, 48), "vpp-pkr40", batches=(1,), repeats=1)
     assert bd["counts"] == VPP40_N6

@@ -98,6 +98,9 @@ def test_run_blocks_gathered_equals_chain_of_single_blocks():
             ref, _ = run_block_gathered(blk, ref, keep, 1, impl="pad")
         for impl in ("pad", "loop", "auto"):
             assert torch.allclose(run_blocks_gathered(blocks, x, keep, 1, impl), ref, atol=1e-5)
+            own = x.clone()                  # inplace: the result is written into the caller's tensor
+            out = run_blocks_gathered(blocks, own, keep, 1, impl, inplace=True)
+            assert out.data_ptr() == own.data_ptr() and torch.allclose(own, ref, atol=1e-5)
         keep[0] = 0.0                        # a sample with nothing kept and no prefix: carried unchanged
         out = run_blocks_gathered(blocks, x[:, 1:], keep, 0, "pad")
         assert torch.equal(out[0], x[0, 1:])

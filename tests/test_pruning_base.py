@@ -27,6 +27,26 @@ def test_topk_mask_counts_and_valid():
         topk_mask(s[0], 1)
 
 
+def test_topk_mask_int_fast_path_equals_the_per_row_path():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(5, 37, generator=g)
+    s[0, :4] = 0.5                                                   # ties
+    for k in (0, 1, 13, 37, 40):
+        fast = topk_mask(s, k)
+        general = topk_mask(s, torch.full((5,), k))                  # a tensor k takes the per-row path
+        assert torch.equal(fast, general) and fast.sum(1).tolist() == [min(k, 37)] * 5
+
+
+def test_keep_from_logprobs_deterministic_inference_equals_graph_path():
+    g = torch.Generator().manual_seed(1)
+    logp = torch.randn(4, 50, 2, generator=g).log_softmax(-1)
+    logp[0, :3] = torch.tensor([-0.6931, -0.6931])                    # exact ties -> keep (argmax: first channel)
+    graph = keep_from_logprobs(10 * logp.clone().requires_grad_(True), 10.0, noise=False)
+    with torch.no_grad():
+        fast = keep_from_logprobs(10 * logp, 10.0, noise=False)
+    assert torch.equal(fast, graph.detach()) and fast[0, :3].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_straight_through_values_and_gradients():
     p = torch.tensor([[0.2, 0.8, 0.6]], requires_grad=True)
     m = topk_mask_st(p, 1)

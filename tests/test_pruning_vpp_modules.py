@@ -85,6 +85,9 @@ def test_spatial_prior_values():
     # one full axis apart (d = 1): log10(5)
     assert d[0, W - 1].item() == pytest.approx(math.log10(5.0), abs=1e-5)
     assert spatial_prior((H, W)) is d  # cached constant
+    # exactly symmetric: MapSM.map_features_sparse reads the prior's rows at the kept keys as its columns
+    assert torch.equal(d, d.t())
+    assert torch.equal(spatial_prior((24, 40)), spatial_prior((24, 40)).t())
 
 
 def test_map_sm_keeps_exactly_floor_n_m():
@@ -236,6 +239,25 @@ def test_sm_deterministic_is_argmax():
     f = sm.mlp(sm.norm(x)).log_softmax(-1)
     assert torch.equal(sm(x).bool(), f[..., 0] > f[..., 1])
     assert torch.equal(sm(x), sm(x))
+
+
+def test_sm_inference_gates_kept_tokens_only_with_the_same_mask():
+    """Without a graph the SM runs on the kept tokens only (issue 15): same mask as the all-N graph path."""
+    torch.manual_seed(1)
+    sm = SM(C, inference_noise=False).eval()
+    x = torch.randn(B, N, C)
+    prev = (torch.rand(B, N) > 0.4).float()
+    prev[1, :] = 0.0                                       # a sample with nothing kept: all zeros
+    full = sm(x, prev)                                     # autograd on: all N tokens
+    seen = []
+    hook = sm.norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    with torch.no_grad():
+        kept_only = sm(x, prev)
+        kept_bool = sm(x, prev.bool())
+    hook.remove()
+    assert torch.equal(kept_only, full.detach()) and torch.equal(kept_bool, kept_only)
+    assert seen == [int(prev.sum())] * 2                   # the LayerNorm saw the K kept rows, not B x N
+    assert kept_only[1].sum() == 0
 
 
 def test_sm_gradients_reach_parameters():

@@ -22,13 +22,20 @@ C = 48
 
 # Overhead MACs per sample worked out by hand (vpp-notes §4.2 "Cost", §5; multiply-adds of the matmuls only,
 # LayerNorm / softmax / pooling / top-k left out), at N = 24 tokens of width C = 48:
-# SM = MLP C -> C/4 -> 2 on all N tokens: 24 x (48 x 12 + 12 x 2) = 24 x 600 = 14_400.
+# SM = MLP C -> C/4 -> 2: 48 x 12 + 12 x 2 = 600 per token it runs on; with a graph (training) on all N tokens,
+# 24 x 600 = 14_400; at inference on the tokens kept before its block only (SM.forward).
 SM_MACS = 14_400
+SM_MACS_PER_TOKEN = 600
 # Map-SM selector = MLP C -> C/2 -> 2 on all N tokens: 24 x (48 x 24 + 24 x 2) = 24 x 1_200 = 28_800.
 MAP_SM_SELECTOR_MACS = 28_800
 # Map-SM association at inference against the K kept previous keys: Phi_sim = x_q (N x C) @ x_k^T (C x K)
 # = N K C = 24 x 48 = 1_152 MACs per kept key; x_hat is gathered by the argmax index (no matmul).
 MAP_SM_MACS_PER_KEPT_KEY = 1_152
+
+
+def _sm_inference_macs(record: KeepRecord) -> list[float]:
+    """Per-sample inference MACs of the three SMs: each on the tokens kept at the block before it (2, 5, 8)."""
+    return (SM_MACS_PER_TOKEN * record.counts[:, [2, 5, 8]].sum(1)).double().tolist()
 
 
 def _counted_pruner_macs(model: torch.nn.Module, frame: torch.Tensor, state, grad: bool = False) -> float:
@@ -68,9 +75,12 @@ def test_first_frame_has_no_map_sm_and_returns_state():
     masks = out.keep.masks
     assert masks[:, :3].all()  # blocks 0-2 dense
     assert _is_nested(masks, 3)
-    # overhead: only the three SMs, 3 x 14_400 MACs
-    assert out.keep.overhead_macs.tolist() == [43_200.0, 43_200.0]
-    assert _counted_pruner_macs(model, x[:1], None) == 43_200
+    # overhead: only the three SMs, each on the tokens kept before it (the first on all N: blocks 0-2 dense)
+    sm = _sm_inference_macs(out.keep)
+    assert out.keep.overhead_macs.tolist() == sm and sm[0] < 3 * SM_MACS and min(sm) >= SM_MACS
+    det = _model(inference_noise=False).eval()      # deterministic: the counted forward keeps the same tokens
+    with torch.no_grad():
+        assert _counted_pruner_macs(det, x[:1], None) == _sm_inference_macs(det(x[:1], None).keep)[0]
     st = out.state
     assert isinstance(st, TemporalState) and st.valid.all() and st.grid == GRID
     assert torch.equal(st.key, out.intermediates[1])  # block-0 output
@@ -91,7 +101,8 @@ def test_second_frame_map_sm_keeps_floor_nm_and_masks_nest(execution):
     assert torch.equal(masks[:, 1], masks[:, 2])
     assert _is_nested(masks, 1)
     # inference maps from the previous frame's kept tokens only: N K C instead of 2 N^2 C
-    expected = [MAP_SM_MACS_PER_KEPT_KEY * int(kp) + MAP_SM_SELECTOR_MACS + 3 * SM_MACS for kp in st.mask.sum(-1)]
+    expected = [MAP_SM_MACS_PER_KEPT_KEY * int(kp) + MAP_SM_SELECTOR_MACS + sm
+                for kp, sm in zip(st.mask.sum(-1), _sm_inference_macs(out.keep))]
     assert out.keep.overhead_macs.tolist() == expected
     assert st.mask.sum(-1).tolist() != [N, N]  # the K of the formula is the kept count, not N
     # the next key is the block-0 output, not the block-2 output (official in-place scatter bug, §12.1)
@@ -102,14 +113,17 @@ def test_second_frame_map_sm_keeps_floor_nm_and_masks_nest(execution):
 
 def test_reported_overhead_equals_counted_macs():
     """The reported overhead is the work Map-SM and the SMs execute (counted by torch), in both Map-SM paths."""
-    model = _model().eval()
+    model = _model(inference_noise=False).eval()   # deterministic: the counted forward keeps the same tokens
     f0, f1 = (f[:1] for f in _frames(2))
     with torch.no_grad():
         st = model(f0, None).state
-        reported = model(f1, st).keep.overhead_macs.item()
+        out = model(f1, st)
+    reported = out.keep.overhead_macs.item()
     k = int(st.mask.sum())
     assert 0 < k < N
-    assert reported == _counted_pruner_macs(model, f1, st) == 1_152 * k + 28_800 + 43_200
+    sm = _sm_inference_macs(out.keep)[0]
+    assert sm < 43_200      # each SM on the tokens kept before it only
+    assert reported == _counted_pruner_macs(model, f1, st) == 1_152 * k + 28_800 + sm
     # graph path (training): Phi_sim and A @ x_v over all N previous tokens, 2 N^2 C = 2 x 24^2 x 48 = 55_296
     model.train()
     reported = model(f1, st).keep.overhead_macs.item()
@@ -125,8 +139,8 @@ def test_mixed_batch_new_video_runs_dense_blocks_1_2():
     counts = out.keep.counts
     assert counts[0, 1:3].tolist() == [N, N]
     assert counts[1, 1:3].tolist() == [math.floor(N * 0.7)] * 2
-    oh = out.keep.overhead_macs
-    assert oh[1] - oh[0] == MAP_SM_MACS_PER_KEPT_KEY * int(st.mask[1].sum()) + MAP_SM_SELECTOR_MACS
+    oh = out.keep.overhead_macs - torch.tensor(_sm_inference_macs(out.keep), dtype=torch.float64)
+    assert oh[0] == 0 and oh[1] == MAP_SM_MACS_PER_KEPT_KEY * int(st.mask[1].sum()) + MAP_SM_SELECTOR_MACS
     assert out.state.valid.all()  # both samples now have a previous frame
     # the continuing sample gets the same mask as when run alone (deterministic mode)
     det = _model(inference_noise=False).eval()

@@ -35,7 +35,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
     - batch > 1 with unequal per-sample counts (K (1 +- ``spread``), same mean): ``pad`` and ``loop`` impls
       (padding waste vs lost batching).
 
-    Also timed: the patch embedding + final norm (unpruned), and for VPP Map-SM (N x N association) and one SM.
+    Also timed: the patch embedding + final norm (unpruned), and for VPP Map-SM (inference path: against the
+    previous frame's kept tokens, 40 % of N) and each SM on the tokens kept before its block (nominal counts).
 
     Returns:
         dict with ``groups`` (rows per (batch, K)), ``totals`` per batch (sums over the 12 blocks with
@@ -81,7 +82,10 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
             xs = [torch.randn(bsz, n, c, generator=g).to(device) for _ in range(3)]
             mprev = torch.rand(bsz, n, generator=g).to(device) < 0.4
             fns[(0, "map_sm")] = lambda: pr.map_sm(xs[0], xs[1], xs[2], mprev, grid, pr.schedule.m, noise=False)
-            fns[(0, "sm")] = lambda: pr.sms[0](xs[0], None, noise=False)
+            for i, blk in enumerate(pr.schedule.sm_blocks):    # each SM on the tokens kept before its block
+                prev = torch.zeros(bsz, n, device=device)
+                prev[:, :counts[blk - 1]] = 1.0
+                fns[(0, f"sm{i}")] = (lambda i=i, prev=prev: pr.sms[i](xs[0], prev, noise=False))
         log(f"breakdown {arch} {method}: batch {bsz}: {len(fns)} timings x {repeats}")
         with torch.inference_mode():
             ts = time_calls(fns, repeats, 1, device)
@@ -115,12 +119,14 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
         tot["gather_scatter"] = tot["gathered"] - tot["compute_K"]
         totals[str(bsz)] = tot
         if spec.method == "vpp":
-            modules[str(bsz)] = {"map_sm_ms": med[(0, "map_sm")], "sm_ms": med[(0, "sm")],
-                                 "all_modules_ms": med[(0, "map_sm")] + 3 * med[(0, "sm")]}
+            sms = [v for key, v in med.items() if key[0] == 0 and key[1].startswith("sm")]
+            modules[str(bsz)] = {"map_sm_ms": med[(0, "map_sm")], "sm_ms": sum(sms),
+                                 "all_modules_ms": med[(0, "map_sm")] + sum(sms)}
     vs = ViTSpec.from_timm(bb.vit, name=arch)
     over = 0.0
     if spec.method == "vpp":
-        over = map_sm_macs(n, c, counts[5]) + 3 * sm_macs(n, c)  # inference: keys = tokens kept at block 5
+        # inference: keys = tokens kept at block 5; each SM on the tokens kept before its block
+        over = map_sm_macs(n, c, counts[5]) + sum(sm_macs(counts[b - 1], c) for b in (3, 6, 9))
     ideal = (backbone_macs(vs, ratio_schedule(n, [1.0] * bb.depth)).total
              / backbone_macs(vs, ratio_schedule(n, [k / n for k in counts]), overhead_macs=over).total)
     return {"arch": arch, "img_size": list(img_size), "method": spec.name, "num_patches": n, "counts": counts,

@@ -438,10 +438,12 @@ def method_schedule(method: str, spec: ViTSpec, grid: tuple[int, int], *, keep: 
             "map_keep": s.m, "rho": s.rho, "map_block": s.map_block, "sm_blocks": list(s.sm_blocks)})
         # Map-SM maps from the previous frame's tokens kept at the value block (5) at inference
         kept_prev = sched.attn[pruner.value_block]
-        over = map_sm_macs(n, c, int(round(kept_prev))) + len(s.sm_blocks) * sm_macs(n, c)
+        # each SM gates the tokens kept before its block (the previous block's count) at inference
+        over = map_sm_macs(n, c, int(round(kept_prev))) + sum(sm_macs(int(round(sched.attn[b - 1])), c)
+                                                              for b in s.sm_blocks)
         note = (f"vpp: nominal m={s.m}, rho={s.rho} (non-first frame)" if block_ratios is None else
                 "vpp: measured block ratios") + ("; overhead = Map-SM at inference (N K C against the K previous "
-                                                 "tokens kept at block 5, + selector MLP) + 3 SMs on N tokens")
+                                                 "tokens kept at block 5, + selector MLP) + 3 SMs on the tokens kept before them")
         return sched, float(over), note
     if method == "svit":
         r = 0.7 if rho is None else rho

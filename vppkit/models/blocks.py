@@ -224,7 +224,7 @@ def _gathered_loop(block, x, keep, keep_b, p, want_attn, has_cls):
 
 
 def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix: int,
-                        impl: str = "auto") -> torch.Tensor:
+                        impl: str = "auto", inplace: bool = False) -> torch.Tensor:
     """Gathered execution of a **segment** of blocks under one keep mask: gather once, run every block of the
     segment on the kept tokens, scatter once (vpp-notes §6.2; issue 15 "gather and scatter only where the keep
     mask changes").
@@ -240,16 +240,19 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
     Args:
         blocks: the timm Blocks of the segment, run in order (an ``nn.ModuleList`` slice or a list).
         x: (B, P + N, C) tokens entering the first block.
-        keep: (B, N) mask in force for the whole segment (forward values 0/1; > 0.5 = kept).
+        keep: (B, N) mask in force for the whole segment: bool, or float with forward values 0/1 (> 0.5 = kept).
         num_prefix: P (prefix tokens, always kept).
         impl: unequal kept counts in the batch: ``"pad"`` (pad to the largest count, key-padding mask; the
             padded slots run through the blocks as queries only and are dropped at the scatter), ``"loop"``
             (one sample at a time) or ``"auto"`` (``"loop"``; the choice measured in
             :func:`vppkit.bench.breakdown.block_breakdown`). Equal counts always run as one batched call
             (no padding needed).
+        inplace: scatter the segment's output into ``x`` itself (``index_copy_``) instead of a copy of it: saves
+            one full-grid copy per segment (issue 15; 11.8 MB per segment for DeiT-S at batch 8, N 960). Only for
+            a caller that owns ``x`` (PrunableViT's gathered inference, whose pruners clone what they keep).
 
     Returns:
-        (B, P + N, C) tokens after the segment (a new tensor; ``x`` is not modified).
+        (B, P + N, C) tokens after the segment (a new tensor, or ``x`` itself updated when ``inplace``).
 
     Raises:
         ValueError: unknown ``impl``.
@@ -259,7 +262,7 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
     p = num_prefix
     bsz, t, c = x.shape
     n = t - p
-    keep_b = keep.detach() > 0.5
+    keep_b = keep if keep.dtype == torch.bool else keep.detach() > 0.5
     counts = keep_b.sum(1)
     cl = counts.tolist()                     # the segment's one host-device synchronisation
     if not cl or min(cl) == n:                # everything kept: the plain blocks
@@ -274,13 +277,13 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
         for i in range(bsz):
             pos = torch.cat([torch.arange(p, device=x.device), keep_b[i].nonzero(as_tuple=True)[0] + p])
             if pos.numel() == 0:             # no prefix and nothing kept: the sample carries its tokens
-                outs.append(x[i:i + 1])
+                outs.append(x[i])
                 continue
             seq = x[i].index_select(0, pos).unsqueeze(0)
             for blk in blocks:
                 seq = blk(seq)
-            outs.append(x[i].index_copy(0, pos, seq[0]).unsqueeze(0))
-        return torch.cat(outs, 0)
+            outs.append(x[i].index_copy_(0, pos, seq[0]) if inplace else x[i].index_copy(0, pos, seq[0]))
+        return x if inplace else torch.stack(outs, 0)
     kmax = max(cl)
     if equal:    # flat row indices of the prefix + kept tokens, sample-major, original order: one nonzero
         full = torch.cat([keep_b.new_ones(bsz, p), keep_b], 1) if p else keep_b
@@ -301,4 +304,6 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
         seq = blk(seq, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
     if valid is not None:    # padded slots (pruned tokens) keep their value
         seq = torch.where(torch.cat([valid.new_ones(bsz, p), valid], 1)[..., None], seq, seq0)
-    return x.reshape(bsz * t, c).index_copy(0, flat, seq.reshape(-1, c)).view(bsz, t, c)
+    xf = x.reshape(bsz * t, c)
+    xf = xf.index_copy_(0, flat, seq.reshape(-1, c)) if inplace else xf.index_copy(0, flat, seq.reshape(-1, c))
+    return xf.view(bsz, t, c)

@@ -260,7 +260,8 @@ class PrunableViT(nn.Module):
         keep = x.new_ones(x.shape[0], x.shape[1] - p)
         feats = [x] if keep_features else None
         masks = []
-        blocks = self.vit.blocks if last_block is None else self.vit.blocks[:last_block + 1]
+        blocks = list(self.vit.blocks)[:None if last_block is None else last_block + 1]   # a list: slicing an
+        # nn.ModuleList builds a new ModuleList (add_module per block) on every segment
         # a host's interaction hook reads and writes the full grid around every block: block by block then
         points = None if interaction is not None else self._full_points(mode, keep_features, ctx, len(blocks))
         b = 0
@@ -277,7 +278,8 @@ class PrunableViT(nn.Module):
             elif end == b + 1:
                 x, attn = run_block_gathered(blocks[b], x, keep, p, want, self.has_cls, self.gather_impl)
             else:   # blocks b .. end-1 under one mask: stay gathered, full grid again at point `end`
-                x, attn = run_blocks_gathered(blocks[b:end], x, keep, p, self.gather_impl), None
+                # x is this forward's own tensor (pruners clone what they keep): scatter into it in place
+                x, attn = run_blocks_gathered(blocks[b:end], x, masks[-1], p, self.gather_impl, inplace=True), None
                 masks.extend([masks[-1]] * (end - b - 1))
             self.pruner.after_block(end - 1, x[:, p:], keep, ctx, attn)
             if interaction is not None:                  # host hook: after the block (ViT-Adapter extractor)

@@ -189,7 +189,11 @@ class Pruner(nn.Module):
 
     def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
                     attn: BlockAttention | None = None) -> None:
-        """Observe the output of block ``b``: (B, N, C) patch tokens, the mask used, attention if requested."""
+        """Observe the output of block ``b``: (B, N, C) patch tokens, the mask used, attention if requested.
+
+        ``x`` is valid during the call only: gathered inference writes the next segment's kept tokens into the
+        same tensor in place (:func:`vppkit.models.blocks.run_blocks_gathered`, ``inplace``); clone what you
+        keep (VPP's key and value are cloned)."""
 
     def full_token_points(self, depth: int, ctx: PruneContext) -> frozenset | None:
         """Points where this pruner's hooks need the full token grid in gathered inference (issue 15).

@@ -86,6 +86,12 @@ def keep_from_logprobs(logp: torch.Tensor, tau: float = 1.0, *, noise: bool = Tr
     """
     if logp.shape[-1] != 2:
         raise ValueError(f"keep_from_logprobs expects (..., 2) keep/drop log-probs, got {tuple(logp.shape)}")
+    if not noise and not (logp.requires_grad and torch.is_grad_enabled()):
+        # deterministic inference: the argmax of the two channels, ties to keep (channel 0, as torch.argmax),
+        # compared on the log-probabilities themselves: one op instead of softmax + argmax + one-hot (issue 15).
+        # (The graph path takes the argmax of the softmax, which may round two channels closer than float
+        # precision to a tie; decided here by their order. Temperature-scaling keeps the order.)
+        return (logp[..., 0] >= logp[..., 1]).to(logp.dtype)
     return gumbel_softmax_st(logp, tau, hard=True, noise=noise, dim=-1, generator=generator)[..., 0]
 
 
@@ -109,6 +115,13 @@ def topk_mask(scores: torch.Tensor, k: int | torch.Tensor, valid: torch.Tensor |
     if scores.dim() != 2:
         raise ValueError(f"topk_mask expects (B, N) scores, got {tuple(scores.shape)}")
     b, n = scores.shape
+    if valid is None and isinstance(k, int):    # one count for every row (Map-SM, EViT): no per-row bookkeeping
+        if k < 0:
+            raise ValueError(f"topk_mask: k must be >= 0, got {k}")
+        mask = torch.zeros(b, n, dtype=torch.bool, device=scores.device)
+        if min(k, n) == 0:
+            return mask
+        return mask.scatter_(1, scores.topk(min(k, n), dim=-1, sorted=True).indices, 1)
     if valid is not None:
         if valid.shape != scores.shape:
             raise ValueError(f"topk_mask: valid {tuple(valid.shape)} does not match scores {tuple(scores.shape)}")

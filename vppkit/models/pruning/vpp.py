@@ -144,7 +144,9 @@ def vpp_sparsity_loss(sm_masks: Sequence[torch.Tensor], sm_targets: Sequence[flo
     if len(sm_masks) != len(sm_targets) or not sm_masks:
         raise ValueError(f"vpp_sparsity_loss needs one target per SM mask, got {len(sm_masks)} masks and "
                          f"{len(sm_targets)} targets")
-    sm_term = sum((m.float().mean() - float(k)) ** 2 for m, k in zip(sm_masks, sm_targets))
+    means = torch.stack(list(sm_masks)).float().mean(dim=(1, 2))                     # (S,) one op per step
+    targets = torch.tensor([float(k) for k in sm_targets], dtype=means.dtype, device=means.device)
+    sm_term = ((means - targets) ** 2).sum()
     if map_probs is None or map_probs.numel() == 0:
         return lambda_sm * sm_term / len(sm_masks)
     map_term = lambda_map * (map_probs.float().mean() - kappa_init) ** 2
@@ -170,7 +172,8 @@ class VPPPruner(Pruner):
     - ``finish``: returns the next :class:`TemporalState` (not detached: 3-frame training chains keep their
       graph, §7.3; call ``state.detach()`` between frames at inference), the sparsity loss
       (:func:`vpp_sparsity_loss`, §7.4) and the overhead MACs per sample (Map-SM association + selector for
-      samples that ran it, the SM MLPs on all N tokens).
+      samples that ran it, the SM MLPs on the tokens they run on: all N with a graph, the
+      tokens kept before each SM at inference).
 
     Args:
         dim: token width C (the gates' LayerNorm / MLP sizes: Map-SM hidden C/2, SM hidden C/4; §12.3 fix).
@@ -220,7 +223,7 @@ class VPPPruner(Pruner):
             if not isinstance(state, TemporalState):
                 raise ValueError(f"VPPPruner: state must be a TemporalState or None, got {type(state).__name__}")
             state.check(x0, grid)
-        ctx.data.update(sm_masks=[], map_probs=None, key=None, value=None, value_mask=None)
+        ctx.data.update(sm_masks=[], sm_inputs=[], map_probs=None, key=None, value=None, value_mask=None)
         return ctx
 
     def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
@@ -229,9 +232,12 @@ class VPPPruner(Pruner):
             return self._map_sm(x, keep, ctx)
         if b in s.sm_blocks:
             i = s.sm_blocks.index(b)
+            if torch.is_grad_enabled():   # the gate runs on all N tokens (SM.forward)
+                ctx.add_overhead(sm_macs(ctx.num_patches, ctx.dim))
+            else:                         # inference: on the tokens kept so far only; counted in finish
+                ctx.data["sm_inputs"].append(keep)
             keep = self.sms[i](x, keep, noise=ctx.noise)
             ctx.data["sm_masks"].append(keep)
-            ctx.add_overhead(sm_macs(ctx.num_patches, ctx.dim))
         return keep
 
     def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
@@ -251,6 +257,9 @@ class VPPPruner(Pruner):
 
     def finish(self, ctx: PruneContext) -> tuple[TemporalState | None, torch.Tensor, torch.Tensor]:
         d = ctx.data
+        if d["sm_inputs"]:   # inference SMs: MLP MACs per token x tokens kept before each SM, one sum for all
+            kept = (torch.stack(d["sm_inputs"]).detach() > 0.5).sum((0, 2))
+            ctx.add_overhead(kept.cpu() * float(sm_macs(1, ctx.dim)))
         next_state = None
         if d["key"] is not None and d["value"] is not None:
             next_state = TemporalState.create(d["key"], d["value"], d["value_mask"], ctx.grid)
@@ -284,10 +293,13 @@ class VPPPruner(Pruner):
     def _map_sm(self, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
         """Mask in force at blocks map_block .. first SM - 1: Map-SM for samples with a previous frame."""
         state: TemporalState | None = ctx.state
-        if state is None or not bool(state.valid.any()):
+        if state is None:
             return keep  # first frame of every video: blocks 1-2 dense
-        valid = state.valid.to(x.device)
-        if bool(valid.all()):
+        valid = state.valid
+        vl = valid.tolist()                     # one host sync for the three cases below
+        if not any(vl):
+            return keep
+        if all(vl):
             mask, p = self.map_sm(x, state.key, state.value, state.mask, ctx.grid, self.schedule.m, noise=ctx.noise)
         else:
             idx = valid.nonzero(as_tuple=True)[0]
@@ -295,14 +307,13 @@ class VPPPruner(Pruner):
                                 self.schedule.m, noise=ctx.noise)
             mask = keep.index_put((idx,), mv.to(keep.dtype))  # out of place: dense rows stay ones
         ctx.data["map_probs"] = p
+        n, c = ctx.num_patches, ctx.dim
         if torch.is_grad_enabled():  # full N x N association (straight-through graph)
-            macs = torch.full(valid.shape, float(map_sm_macs(ctx.num_patches, ctx.dim)), dtype=torch.float64)
-        else:  # inference maps from the K kept previous tokens only (MapSM.map_features_sparse)
-            kept = state.mask.sum(-1).cpu()
-            kept = torch.where(kept > 0, kept, torch.full_like(kept, ctx.num_patches))
-            macs = torch.tensor([float(map_sm_macs(ctx.num_patches, ctx.dim, int(k))) for k in kept],
-                                dtype=torch.float64)
-        ctx.add_overhead(valid.double().cpu() * macs)
+            macs = [float(map_sm_macs(n, c)) if v else 0.0 for v in vl]
+        else:  # inference maps from the K kept previous tokens only (MapSM.map_features_sparse; none kept: all N)
+            macs = [float(map_sm_macs(n, c, k if k > 0 else n)) if v else 0.0
+                    for v, k in zip(vl, state.mask.sum(-1).tolist())]
+        ctx.add_overhead(torch.tensor(macs, dtype=torch.float64))
         return mask.to(keep.dtype) * keep
 
 
