@@ -165,7 +165,8 @@ class MapSM(nn.Module):
 
         Phi is built transposed, (B, K, N) = keys x queries: ``Phi_dist`` is symmetric (an L1 distance), so its
         rows at the kept keys are contiguous reads (one ``index_select``), the ``baddbmm`` gets contiguous
-        operands, and the argmax over keys is ``max(dim=1)``. Issue 15 measurement (N 960, C 384, K 384,
+        operands, and the argmax over keys is ``max(dim=1)``; keys and mapped values are row gathers
+        (``index_select`` on the flattened tokens, not ``gather`` with an index expanded over C). Issue 15 measurement (N 960, C 384, K 384,
         2 threads): 1.94 -> 1.60 ms at batch 1 and 22.8 -> 13.7 ms at batch 8 against the (B, N, K) layout,
         whose column gather and transposed ``baddbmm`` operand cost a strided copy each.
         """
@@ -178,7 +179,8 @@ class MapSM(nn.Module):
             cl = counts.tolist()
         k_max = max(cl)
         order = torch.argsort((~mask_prev).to(torch.int8), dim=1, stable=True)[:, :k_max]  # kept first, (B, K)
-        keys = x_k.gather(1, order[..., None].expand(-1, -1, c))                          # (B, K, C)
+        offs = torch.arange(b, device=x_q.device)[:, None] * n                             # rows of (B * N, C)
+        keys = x_k.reshape(b * n, c).index_select(0, (order + offs).reshape(-1)).view(b, k_max, c)  # (B, K, C)
         prior = spatial_prior(grid, x_q.device).to(x_q.dtype)                            # (N, N), symmetric
         prior_rows = prior.index_select(0, order.reshape(-1)).view(b, k_max, n)           # (B, K, N)
         phi_t = torch.baddbmm(prior_rows, keys, x_q.transpose(1, 2))                      # (B, K, N)
@@ -188,7 +190,7 @@ class MapSM(nn.Module):
         if noise:  # same perturbation as gumbel_softmax_st(tau * phi, tau): phi + g / tau
             phi_t = phi_t + sample_gumbel(phi_t) / self.tau
         src = order.gather(1, phi_t.max(dim=1).indices)  # (B, N) previous-frame token mapped onto each current one
-        return x_v.gather(1, src[..., None].expand(-1, -1, c))
+        return x_v.reshape(b * n, c).index_select(0, (src + offs).reshape(-1)).view(b, n, c)
 
     def keep_probability(self, x_hat: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
         """Soft keep probability p (B, N) from mapped features x_hat (B, N, C) (steps 6-8)."""
