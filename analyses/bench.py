@@ -147,6 +147,27 @@ def _render_targets(result: dict) -> list[str]:
                          f"{' **' + FLAG + '**' if t.get('flagged') else ''} | {_f(t.get('speedup_ideal'))} | "
                          f"{_f(t.get('realized_over_ceiling'))} | {t['goal']} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
+    acc = [t for t in result["targets"] if t.get("account")]
+    if acc:
+        lines += ["Where the time goes (ms per frame, medians of this run): *modules* = real - schedule (Map-SM, the "
+                  "SMs and the pruner's bookkeeping; the schedule row runs the same masks without them), *execution "
+                  "overhead* = schedule - ceiling (vppkit's gathered execution: gather/scatter at the mask changes, "
+                  "the full-grid output, hooks); *without overhead* = dense / (ceiling + modules), the speed-up if "
+                  "that overhead were zero. A goal above *without overhead* is out of reach of the method's modules "
+                  "as they run in eager PyTorch here, whatever the execution costs.", "",
+                  "| model | batch | dense | ceiling | schedule | real | modules | execution overhead | "
+                  "speed-up at the ceiling | without overhead | measured | goal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for t in acc:
+            a = t["account"]
+            goal = f"{t['goal']}x" if t["kind"] == "speedup" else f"r/i {t['goal']}"
+            meas = (f"{_f(t.get('speedup_measured'))}x" if t["kind"] == "speedup" else
+                    f"{_f(a['dense_ms'] / a['real_ms']) if a.get('dense_ms') else '–'}x")
+            lines.append(f"| {t['model']} | {t['batch']} | {_f(a.get('dense_ms'), 1)} | {_f(a.get('ceiling_ms'), 1)} | "
+                         f"{_f(a.get('schedule_ms'), 1)} | {_f(a.get('real_ms'), 1)} | {_f(a.get('modules_ms'), 2)} | "
+                         f"{_f(a.get('execution_overhead_ms'), 2)} | {_f(a.get('speedup_ceiling'))}x | "
+                         f"{_f(a.get('speedup_without_overhead'))}x | {meas} | {goal} |")
+        lines.append("")
     return lines
 
 

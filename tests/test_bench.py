@@ -343,3 +343,23 @@ def test_block_cost_curve_reports_a_failed_compile_and_keeps_the_eager_rows(monk
     text = "\n".join(_render_block_cost(bc))
     assert "torch.compile was not available here (RuntimeError: no compiler here)" in text
     assert "| eager |" in text and "| compiled |" not in text
+
+
+def test_time_account_known_answer_and_report_table(tmp_path):
+    from vppkit.bench.suite import check_targets, time_account
+
+    def row(method, family, variant, ms, batch=1):
+        return {"part": "backbone", "method": method, "family": family, "variant": variant, "batch": batch,
+                "ms_per_frame": ms, "speedup_measured": 10.0 / ms}
+    rows = [row("dense", "dense", "dense", 10.0), row("vpp-pkr40", "vpp", "ceiling", 5.0),
+            row("vpp-pkr40", "vpp", "schedule", 6.0), row("vpp-pkr40", "vpp", "real", 8.0)]
+    a = time_account(rows, rows[-1])
+    assert a["modules_ms"] == pytest.approx(2.0) and a["execution_overhead_ms"] == pytest.approx(1.0)
+    assert a["speedup_ceiling"] == pytest.approx(2.0) and a["speedup_without_overhead"] == pytest.approx(10 / 7)
+    assert "modules_ms" not in time_account(rows[:2] + rows[3:], rows[-1])          # no schedule row timed
+    res = {"models": [{"case": {"label": "m", "target": "speedup"}, "rows": rows}], "breakdown": None}
+    t = check_targets(res)
+    assert t[0]["kind"] == "speedup" and t[0]["account"]["modules_ms"] == pytest.approx(2.0)
+    from analyses.bench import _render_targets
+    md = "\n".join(_render_targets({"targets": t}))
+    assert "Where the time goes" in md and "| m | 1 | 10.0 | 5.0 | 6.0 | 8.0 | 2.00 | 1.00 | 2.00x | 1.43x |" in md
