@@ -33,7 +33,8 @@ def render_markdown(result: dict) -> str:
              *_quiet_line(h),
              f"- inference: {h.get('inference')}; benchmark wall time {h.get('seconds')} s",
              f"- timing: {h.get('timing', 'repeats, wall clock')}; autocast {h.get('autocast') or 'off (fp32)'}, "
-             f"compiled blocks {'yes' if h.get('compile_blocks') else 'no'}", "",
+             f"compiled blocks {'yes' if h.get('compile_blocks') else 'no'}",
+             f"- host allocator: {h.get('host_allocator', 'system default')}", "",
              "How to read: `schedule` rows run the method's **nominal keep schedule** through "
              "`ExternalMaskPruner` (random masks with exactly the nominal per-block counts; no pruner module runs, "
              "no overhead in time or GMACs). `real` rows run the method's **real pruner modules** (VPP: Map-SM "

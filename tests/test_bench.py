@@ -363,3 +363,16 @@ def test_time_account_known_answer_and_report_table(tmp_path):
     from analyses.bench import _render_targets
     md = "\n".join(_render_targets({"targets": t}))
     assert "Where the time goes" in md and "| m | 1 | 10.0 | 5.0 | 6.0 | 8.0 | 2.00 | 1.00 | 2.00x | 1.43x |" in md
+
+
+def test_steady_host_allocator_reports_what_it_set():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from vppkit.bench.timing import steady_host_allocator as s; print(s())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert out.startswith("glibc mallopt M_MMAP_MAX=0")
+    else:
+        assert out.startswith("system default")

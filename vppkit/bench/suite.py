@@ -12,7 +12,7 @@ from vppkit.bench.breakdown import block_breakdown, block_cost_curve
 from vppkit.bench.memory import memory_vs_length
 from vppkit.bench.specs import DEFAULT_GOAL_PKRS, ModelCase
 from vppkit.bench.speed import run_speed_benchmark
-from vppkit.bench.timing import machine_info
+from vppkit.bench.timing import machine_info, steady_host_allocator
 from vppkit.config import img_size_hw, load_config
 from vppkit.utils.provenance import provenance
 
@@ -97,6 +97,7 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
                         "interleaved rounds")
     header["autocast"] = autocast
     header["compile_blocks"] = compile_blocks
+    header["host_allocator"] = steady_host_allocator()
     models = [run_speed_benchmark(c, device, seed, log, autocast=autocast, compile_blocks=compile_blocks)
               for c in suite["cases"]]
     bd = None

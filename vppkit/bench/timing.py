@@ -24,10 +24,41 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.benchmark import Measurement, Timer
 
-__all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info"]
+__all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info", "steady_host_allocator"]
 
 IQR_FLAG = 0.05
 """A row whose interquartile range exceeds this fraction of its median is flagged in the report (issue 15)."""
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # glibc mallopt parameters (malloc.h)
+
+
+def steady_host_allocator() -> str:
+    """Keep freed host memory in the process (glibc ``mallopt``) so that timed calls do not page-fault.
+
+    glibc serves an allocation above its mmap threshold (at most 32 MiB on 64-bit) with a fresh ``mmap`` and
+    unmaps it on free, so every such tensor page-faults again on its first write. In the batch-8 DeiT-S rows the
+    MLP hidden tensor (8 x 961 x 1536 fp32 = 47 MB) is one: measured (issue 15, 2 threads) dense 278 -> 250
+    ms/frame once mmap is off, the per-op time of GELU on it varying 3x from call to call, and the b8 rows'
+    IQRs dropping to ~2 %. This sets ``M_MMAP_MAX = 0`` (no mmap for the heap) and ``M_TRIM_THRESHOLD`` to 2 GiB
+    (freed memory is not handed back), which applies to allocations made afterwards, in this process only (the
+    memory benchmark runs in subprocesses and is unaffected). A process setting, like the thread count; the
+    report names it.
+
+    Returns:
+        a description for the report header: what was set, or why nothing was (not Linux, no glibc).
+    """
+    if platform.system() != "Linux":
+        return "system default (not Linux)"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+    except (OSError, AttributeError) as e:      # another C library (musl): no mallopt
+        return f"system default (no glibc mallopt: {e})"
+    return ("glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB (no page faults from re-mapped large tensors)"
+            if ok else "system default (mallopt refused)")
 
 
 def synchronize(device: str | torch.device) -> None:
