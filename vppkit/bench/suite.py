@@ -97,22 +97,22 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
                         "interleaved rounds")
     header["autocast"] = autocast
     header["compile_blocks"] = compile_blocks
-    header["host_allocator"] = steady_host_allocator()
-    models = [run_speed_benchmark(c, device, seed, log, autocast=autocast, compile_blocks=compile_blocks)
-              for c in suite["cases"]]
-    bd = None
-    if suite.get("breakdown"):
-        b = suite["breakdown"]
-        bd = block_breakdown(b["arch"], tuple(b["img_size"]), b.get("method", "vpp-pkr40"),
-                             tuple(b.get("batches", (1, 8))), int(b.get("repeats", 2)), device, seed, log=log)
-    cost = None
-    if suite.get("block_cost"):
-        bc = suite["block_cost"]
-        log(f"block cost vs kept count: {bc['arch']} {tuple(bc['img_size'])}")
-        cost = block_cost_curve(bc["arch"], tuple(bc["img_size"]), batches=tuple(bc.get("batches", (1, 8))),
-                                repeats=int(bc.get("repeats", 5)), device=device, seed=seed,
-                                compiled=bool(bc.get("compiled", False)),
-                                min_run_time=float(bc.get("min_run_time", 0.05)))
+    bd, cost = None, None
+    with steady_host_allocator() as alloc:          # every timing below; restored before the memory benchmark
+        header["host_allocator"] = alloc
+        models = [run_speed_benchmark(c, device, seed, log, autocast=autocast, compile_blocks=compile_blocks)
+                  for c in suite["cases"]]
+        if suite.get("breakdown"):
+            b = suite["breakdown"]
+            bd = block_breakdown(b["arch"], tuple(b["img_size"]), b.get("method", "vpp-pkr40"),
+                                 tuple(b.get("batches", (1, 8))), int(b.get("repeats", 2)), device, seed, log=log)
+        if suite.get("block_cost"):
+            bc = suite["block_cost"]
+            log(f"block cost vs kept count: {bc['arch']} {tuple(bc['img_size'])}")
+            cost = block_cost_curve(bc["arch"], tuple(bc["img_size"]), batches=tuple(bc.get("batches", (1, 8))),
+                                    repeats=int(bc.get("repeats", 5)), device=device, seed=seed,
+                                    compiled=bool(bc.get("compiled", False)),
+                                    min_run_time=float(bc.get("min_run_time", 0.05)))
     mem = None
     if suite.get("memory"):
         mm = suite["memory"]

@@ -16,6 +16,7 @@ depend on machine load: :func:`machine_info` records ``os.getloadavg()``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -30,35 +31,50 @@ IQR_FLAG = 0.05
 """A row whose interquartile range exceeds this fraction of its median is flagged in the report (issue 15)."""
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4      # glibc mallopt parameters (malloc.h)
 
 
-def steady_host_allocator() -> str:
-    """Keep freed host memory in the process (glibc ``mallopt``) so that timed calls do not page-fault.
+def _mallopt(**values: int) -> str | None:
+    """Set glibc malloc parameters; None when done, else why not (not Linux, no glibc, refused)."""
+    if platform.system() != "Linux":
+        return "not Linux"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        codes = {"trim_threshold": _M_TRIM_THRESHOLD, "mmap_threshold": _M_MMAP_THRESHOLD, "mmap_max": _M_MMAP_MAX}
+        ok = all(libc.mallopt(codes[k], int(v)) == 1 for k, v in values.items())
+    except (OSError, AttributeError) as e:      # another C library (musl): no mallopt
+        return f"no glibc mallopt: {e}"
+    return None if ok else "mallopt refused"
+
+
+@contextlib.contextmanager
+def steady_host_allocator():
+    """Inside the block, keep freed host memory in the process (glibc ``mallopt``) so that timed calls do not
+    page-fault; yields a description for the report header.
 
     glibc serves an allocation above its mmap threshold (at most 32 MiB on 64-bit) with a fresh ``mmap`` and
     unmaps it on free, so every such tensor page-faults again on its first write. In the batch-8 DeiT-S rows the
     MLP hidden tensor (8 x 961 x 1536 fp32 = 47 MB) is one: measured (issue 15, 2 threads) dense 278 -> 250
     ms/frame once mmap is off, the per-op time of GELU on it varying 3x from call to call, and the b8 rows'
-    IQRs dropping to ~2 %. This sets ``M_MMAP_MAX = 0`` (no mmap for the heap) and ``M_TRIM_THRESHOLD`` to 2 GiB
-    (freed memory is not handed back), which applies to allocations made afterwards, in this process only (the
-    memory benchmark runs in subprocesses and is unaffected). A process setting, like the thread count; the
-    report names it.
+    IQRs dropping to ~2 %. Inside the block: ``M_MMAP_MAX = 0`` (no mmap for the heap) and ``M_TRIM_THRESHOLD``
+    2 GiB (freed memory is not handed back). On exit the process gets the steady state of glibc's default dynamic
+    scheme (mmap threshold 32 MiB, trim threshold 64 MiB, mmap allowed), so code run after the benchmark in the same
+    process (``make reports`` runs every artifact in one) is not left without mmap or trimming. Setting any of these
+    turns glibc's dynamic threshold adjustment off for the process, hence that explicit steady state. Subprocesses
+    (the memory benchmark) are unaffected.
 
-    Returns:
-        a description for the report header: what was set, or why nothing was (not Linux, no glibc).
+    Yields:
+        what was set, or ``"system default (...)"`` with the reason nothing was (not Linux, no glibc).
     """
-    if platform.system() != "Linux":
-        return "system default (not Linux)"
+    why = _mallopt(mmap_max=0, trim_threshold=2 ** 31 - 1)
     try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
-    except (OSError, AttributeError) as e:      # another C library (musl): no mallopt
-        return f"system default (no glibc mallopt: {e})"
-    return ("glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB (no page faults from re-mapped large tensors)"
-            if ok else "system default (mallopt refused)")
+        yield ("glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB while timing (no page faults from re-mapped large "
+               "tensors)") if why is None else f"system default ({why})"
+    finally:
+        if why is None:
+            _mallopt(mmap_max=65536, mmap_threshold=32 << 20, trim_threshold=64 << 20)
 
 
 def synchronize(device: str | torch.device) -> None:
