@@ -189,6 +189,25 @@ def test_quick_suite_rows(quick_result):
             assert whole[(r["method"], r["variant"], r["batch"])]["GMACs"] == pytest.approx(r["GMACs"] + head)
 
 
+def test_time_calls_times_long_calls_alone_after_the_first_round():
+    import time as _time
+    calls = {"slow": 0, "fast": 0}
+
+    def slow():
+        calls["slow"] += 1
+        _time.sleep(0.03)
+
+    def fast():
+        calls["fast"] += 1
+
+    ts = time_calls({"slow": slow, "fast": fast}, repeats=5, warmup=1, min_run_time=0.01)
+    assert len(ts["slow"]) == 5 and all(t >= 0.03 for t in ts["slow"])
+    # warm-up 1 + round 1 (blocked_autorange: a sizing call and a timed block of one) + one call per later round;
+    # blocked_autorange in every round would have taken at least 1 + 2 x 5 = 11 calls
+    assert calls["slow"] <= 1 + 3 + 4
+    assert len(ts["fast"]) >= 5 and calls["fast"] > 100                  # short calls still run in blocks
+
+
 def _fake_time_calls(seconds):
     """A stand-in for ``time_calls`` that returns fixed times: ``seconds(key)`` per timed call, nothing run."""
     def fake(fns, repeats, warmup=1, device="cpu", **kw):

@@ -5,7 +5,11 @@
   callable once, in turn (interleaved, so load changes hit all rows alike); a round of one callable is one
   ``blocked_autorange(min_run_time)``: one untimed call that sizes the block (and warms the caches for this
   callable after the others ran), then blocks of ``number`` calls until ``min_run_time`` seconds are spent.
-  The block times of all rounds are merged (:meth:`Measurement.merge`): one time per block, per call.
+  The block times of all rounds are merged: one time per block, per call. A callable whose single call already
+  outlasts ``min_run_time`` in the first round (batch-8 DeiT-S forwards: 0.8-2.5 s) is timed in later rounds as one
+  call between two ``time.perf_counter`` reads, with the same thread count: ``blocked_autorange`` would spend a
+  second, untimed call sizing a block of one, which doubled the benchmark's longest rows (issue 15: ``make bench``
+  <= 6 min); at that length the timer's overhead and cache warm-up are immaterial.
 - CUDA: CUDA events around a block of calls after one warm-up call per round (the block size is fixed from the
   warm-up so a block lasts about ``min_run_time``); ``torch.cuda.synchronize`` only when reading the events.
 
@@ -19,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import platform
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.benchmark import Measurement, Timer
+from torch.utils.benchmark import Timer
 
 __all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info", "steady_host_allocator"]
 
@@ -132,11 +137,24 @@ def time_calls(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
         return out
     nt = threads or torch.get_num_threads()
     timers = {k: Timer("fn()", globals={"fn": fn}, num_threads=nt, label=str(k)) for k, fn in fns.items()}
-    runs: dict[Any, list[Measurement]] = {k: [] for k in fns}
-    for _ in range(repeats):
+    out: dict[Any, list[float]] = {k: [] for k in fns}
+    long_call: dict[Any, bool] = {}
+    for r in range(repeats):
         for k, t in timers.items():
-            runs[k].append(t.blocked_autorange(min_run_time=min_run_time))
-    return {k: list(Measurement.merge(ms)[0].times) for k, ms in runs.items()}
+            if r and long_call[k]:      # one call outlasts min_run_time: time it alone (no sizing call)
+                prev = torch.get_num_threads()
+                torch.set_num_threads(nt)
+                try:
+                    t0 = time.perf_counter()
+                    fns[k]()
+                    out[k].append(time.perf_counter() - t0)
+                finally:
+                    torch.set_num_threads(prev)
+                continue
+            m = t.blocked_autorange(min_run_time=min_run_time)
+            out[k].extend(m.times)
+            long_call[k] = m.number_per_run == 1 and min(m.times) >= min_run_time
+    return out
 
 
 def summarize(times: Sequence[float], scale: float = 1.0) -> dict:
