@@ -10,6 +10,7 @@ import torch
 from vppkit.bench.specs import nominal_counts, resolve_methods
 from vppkit.bench.timing import machine_info, summarize, time_calls
 from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, ratio_schedule
+from vppkit.models.pruning.schedules import VPPSchedule
 from vppkit.models.pruning.vpp import VPPPruner
 from vppkit.models.pruning.vpp_modules import map_sm_macs, sm_macs
 from timm.models.vision_transformer import Block
@@ -126,7 +127,8 @@ def block_breakdown(arch: str, img_size: Sequence[int], method: str = "vpp-pkr40
     over = 0.0
     if spec.method == "vpp":
         # inference: keys = tokens kept at block 5; each SM on the tokens kept before its block
-        over = map_sm_macs(n, c, counts[5]) + sum(sm_macs(counts[b - 1], c) for b in (3, 6, 9))
+        sm_blocks = VPPSchedule.preset(spec.params["schedule"]).sm_blocks
+        over = map_sm_macs(n, c, counts[5]) + sum(sm_macs(counts[b - 1], c) for b in sm_blocks)
     ideal = (backbone_macs(vs, ratio_schedule(n, [1.0] * bb.depth)).total
              / backbone_macs(vs, ratio_schedule(n, [k / n for k in counts]), overhead_macs=over).total)
     return {"arch": arch, "img_size": list(img_size), "method": spec.name, "num_patches": n, "counts": counts,

@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 import platform
+import time
 from typing import Any, Callable, Sequence
 
 import torch

@@ -273,17 +273,16 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
     if impl == "auto":
         impl = "pad" if equal else "loop"
     if impl == "loop" and not equal:
-        outs = []
+        out = x if inplace else x.clone()
         for i in range(bsz):
             pos = torch.cat([torch.arange(p, device=x.device), keep_b[i].nonzero(as_tuple=True)[0] + p])
             if pos.numel() == 0:             # no prefix and nothing kept: the sample carries its tokens
-                outs.append(x[i])
                 continue
-            seq = x[i].index_select(0, pos).unsqueeze(0)
+            seq = out[i].index_select(0, pos).unsqueeze(0)
             for blk in blocks:
                 seq = blk(seq)
-            outs.append(x[i].index_copy_(0, pos, seq[0]) if inplace else x[i].index_copy(0, pos, seq[0]))
-        return x if inplace else torch.stack(outs, 0)
+            out[i].index_copy_(0, pos, seq[0])
+        return out
     kmax = max(cl)
     if equal:    # flat row indices of the prefix + kept tokens, sample-major, original order: one nonzero
         full = torch.cat([keep_b.new_ones(bsz, p), keep_b], 1) if p else keep_b

@@ -232,10 +232,7 @@ class VPPPruner(Pruner):
             return self._map_sm(x, keep, ctx)
         if b in s.sm_blocks:
             i = s.sm_blocks.index(b)
-            if torch.is_grad_enabled():   # the gate runs on all N tokens (SM.forward)
-                ctx.add_overhead(sm_macs(ctx.num_patches, ctx.dim))
-            else:                         # inference: on the tokens kept so far only; counted in finish
-                ctx.data["sm_inputs"].append(keep)
+            ctx.data["sm_inputs"].append(keep)      # the mask the SM gates: its overhead is counted in finish
             keep = self.sms[i](x, keep, noise=ctx.noise)
             ctx.data["sm_masks"].append(keep)
         return keep
@@ -257,7 +254,9 @@ class VPPPruner(Pruner):
 
     def finish(self, ctx: PruneContext) -> tuple[TemporalState | None, torch.Tensor, torch.Tensor]:
         d = ctx.data
-        if d["sm_inputs"]:   # inference SMs: MLP MACs per token x tokens kept before each SM, one sum for all
+        if d["sm_inputs"] and torch.is_grad_enabled():    # SM.forward with a graph: each SM on all N tokens
+            ctx.add_overhead(len(d["sm_inputs"]) * sm_macs(ctx.num_patches, ctx.dim))
+        elif d["sm_inputs"]:       # inference: each SM on the tokens kept before it, one sum for all SMs
             kept = (torch.stack(d["sm_inputs"]).detach() > 0.5).sum((0, 2))
             ctx.add_overhead(kept.cpu() * float(sm_macs(1, ctx.dim)))
         next_state = None
