@@ -169,6 +169,31 @@ def _render_targets(result: dict) -> list[str]:
                          f"{_f(a.get('execution_overhead_ms'), 2)} | {_f(a.get('speedup_ceiling'))}x | "
                          f"{_f(a.get('speedup_without_overhead'))}x | {meas} | {goal} |")
         lines.append("")
+        lines += _render_ops_account(acc)
+    return lines
+
+
+def _render_ops_account(acc: list[dict]) -> list[str]:
+    """The op-count account of the target rows (issue 15: the floor of the default model)."""
+    rows = [t for t in acc if t["account"].get("ops")]
+    if not rows:
+        return []
+    lines = ["Torch calls per forward (`count_torch_ops`: torch functions and tensor methods dispatched from Python, "
+             "one untimed forward): *extra* = real - ceiling, what Map-SM, the SMs and vppkit's execution dispatch "
+             "beyond timm's blocks. *At dispatch cost* = extra x the fixed per-op cost of one block of the same "
+             "model (the block-cost table's eager intercept / the block's calls), per frame: the part of the gap "
+             "(real - ceiling) that is operator dispatch alone, independent of the token count, which fewer tokens "
+             "cannot remove. Where it is most of the gap, the goal is bounded by eager PyTorch's per-op floor on "
+             "this CPU, not by the kept tokens.", "",
+             "| model | batch | dense | ceiling | schedule | real | extra | per-op cost (µs) | at dispatch cost (ms) "
+             "| gap real - ceiling (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in rows:
+        a = t["account"]
+        o = a["ops"]
+        lines.append(f"| {t['model']} | {t['batch']} | {o.get('dense', '–')} | {o.get('ceiling', '–')} | "
+                     f"{o.get('schedule', '–')} | {o.get('real', '–')} | {a.get('extra_ops', '–')} | "
+                     f"{_f(a.get('us_per_op'), 1)} | {_f(a.get('dispatch_ms'), 2)} | {_f(a.get('gap_ms'), 2)} |")
+    lines.append("")
     return lines
 
 
@@ -219,6 +244,9 @@ def _render_block_cost(bc: dict) -> list[str]:
                 f = v["fit"][kind]
                 lines.append(f"| {kind} | " + " | ".join(f"{v[kind][k]:.3f}" for k in ks)
                              + f" | {f['fixed_ms']:.3f} | {f['per_token_ms']:.4f} | {100 * f['fixed_share']:.0f} % |")
+        if v.get("fixed_us_per_op") is not None and bc.get("ops_per_block"):
+            lines += ["", f"One block dispatches {bc['ops_per_block']} torch calls: the eager fixed cost is "
+                          f"{v['fixed_us_per_op']:.1f} µs per call at batch {b}."]
         lines.append("")
     return lines
 

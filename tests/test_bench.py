@@ -174,7 +174,7 @@ def test_quick_suite_rows(quick_result):
             assert r["overhead_GMACs"] > 0
         if r["variant"] in ("schedule", "ceiling"):
             assert r["overhead_GMACs"] == 0
-        assert r["iqr_ms"] >= 0 and isinstance(r["flagged"], bool)
+        assert r["iqr_ms"] >= 0 and isinstance(r["flagged"], bool) and r["torch_ops"] > 0
     ceil = [r for r in rows if r["variant"] == "ceiling"]
     assert {(r["method"], r["batch"], r["part"]) for r in ceil} == {("vpp-pkr40", 1, "backbone"),
                                                                      ("vpp-pkr40", 2, "backbone")}
@@ -359,6 +359,8 @@ def test_block_cost_curve_reports_a_failed_compile_and_keeps_the_eager_rows(monk
     assert bc["compiled"] is False and "no compiler here" in bc["compiled_error"]
     res = bc["batches"]["1"]
     assert res["compiled"] is None and set(res["eager"]) == {6, 0} and "eager" in res["fit"]
+    assert bc["ops_per_block"] > 0
+    assert res["fixed_us_per_op"] == pytest.approx(1000 * res["fit"]["eager"]["fixed_ms"] / bc["ops_per_block"])
     text = "\n".join(_render_block_cost(bc))
     assert "torch.compile was not available here (RuntimeError: no compiler here)" in text
     assert "| eager |" in text and "| compiled |" not in text
@@ -382,6 +384,53 @@ def test_time_account_known_answer_and_report_table(tmp_path):
     from analyses.bench import _render_targets
     md = "\n".join(_render_targets({"targets": t}))
     assert "Where the time goes" in md and "| m | 1 | 10.0 | 5.0 | 6.0 | 8.0 | 2.00 | 1.00 | 2.00x | 1.43x |" in md
+
+
+def test_count_torch_ops_counts_dispatched_calls_not_attribute_reads():
+    from vppkit.bench.timing import count_torch_ops
+    x = torch.randn(3, 4)
+
+    def three():
+        y = x + 1                      # 1
+        _ = y.shape, y.dtype           # attribute reads: not ops
+        return y.view(-1).sum()        # 2
+    assert count_torch_ops(three) == 3
+    assert count_torch_ops(lambda: None) == 0
+    lin = torch.nn.Linear(4, 2)
+    assert count_torch_ops(lambda: lin(x)) == 1        # F.linear once; nothing inside it counted again
+
+
+def test_time_account_op_counts_and_dispatch_estimate():
+    """extra ops = real - ceiling; dispatch_ms = extra x us_per_op / batch; the block-cost table's per-op cost is
+    taken for the same model and input only (issue 15: the default model's floor)."""
+    from analyses.bench import _render_targets
+    from vppkit.bench.suite import check_targets, time_account
+
+    def row(variant, family, ms, ops, batch=2):
+        return {"part": "backbone", "method": "dense" if family == "dense" else "vpp-pkr40", "family": family,
+                "variant": variant, "batch": batch, "ms_per_frame": ms, "speedup_measured": 10.0 / ms,
+                "torch_ops": ops}
+    rows = [row("dense", "dense", 10.0, 250), row("ceiling", "vpp", 5.0, 240), row("schedule", "vpp", 6.0, 340),
+            row("real", "vpp", 8.0, 490)]
+    a = time_account(rows, rows[-1], us_per_op=10.0)
+    assert a["ops"] == {"dense": 250, "ceiling": 240, "schedule": 340, "real": 490} and a["extra_ops"] == 250
+    assert a["dispatch_ms"] == pytest.approx(250 * 10.0 / 1000 / 2) and a["gap_ms"] == pytest.approx(3.0)
+    assert "dispatch_ms" not in time_account(rows, rows[-1])                       # no per-op cost measured
+    case = {"label": "m", "target": "speedup", "arch": "vit_micro", "img_size": [192, 192]}
+    bc = {"arch": "vit_micro", "img_size": [192, 192], "ops_per_block": 18,
+          "batches": {"2": {"fixed_us_per_op": 10.0}}}
+    t = check_targets({"models": [{"case": case, "rows": rows}], "breakdown": None, "block_cost": bc})
+    acc = [x for x in t if x["batch"] == 2]
+    assert not acc                                     # batch 2 is not a goal batch: no entry
+    rows1 = [dict(r, batch=1) for r in rows]
+    bc1 = dict(bc, batches={"1": {"fixed_us_per_op": 12.0}})
+    t = check_targets({"models": [{"case": case, "rows": rows1}], "breakdown": None, "block_cost": bc1})
+    assert t[0]["account"]["dispatch_ms"] == pytest.approx(250 * 12.0 / 1000)
+    other = dict(bc1, img_size=[64, 64])               # another input: its per-op cost is not used
+    t2 = check_targets({"models": [{"case": case, "rows": rows1}], "breakdown": None, "block_cost": other})
+    assert "dispatch_ms" not in t2[0]["account"]
+    md = "\n".join(_render_targets({"targets": t}))
+    assert "| m | 1 | 250 | 240 | 340 | 490 | 250 | 12.0 | 3.00 | 3.00 |" in md
 
 
 def test_steady_host_allocator_reports_what_it_set():

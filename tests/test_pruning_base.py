@@ -47,6 +47,17 @@ def test_keep_from_logprobs_deterministic_inference_equals_graph_path():
     assert torch.equal(fast, graph.detach()) and fast[0, :3].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_keep_from_logprobs_noisy_inference_equals_graph_path_same_draws():
+    # same generator seed: the no-graph comparison and the graph path's softmax + argmax pick the same channel
+    logp = torch.randn(3, 400, 2, generator=torch.Generator().manual_seed(2)).log_softmax(-1)
+    graph = keep_from_logprobs(10 * logp.clone().requires_grad_(True), 10.0, noise=True,
+                               generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fast = keep_from_logprobs(10 * logp, 10.0, noise=True, generator=torch.Generator().manual_seed(5))
+        other = keep_from_logprobs(10 * logp, 10.0, noise=True, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(fast, graph.detach()) and not torch.equal(fast, other)
+
+
 def test_straight_through_values_and_gradients():
     p = torch.tensor([[0.2, 0.8, 0.6]], requires_grad=True)
     m = topk_mask_st(p, 1)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from vppkit.bench.specs import MethodSpec, ModelCase, build_method_pruner, nominal_masks, resolve_methods
-from vppkit.bench.timing import loadavg, machine_info, summarize, time_calls
+from vppkit.bench.timing import count_torch_ops, loadavg, machine_info, summarize, time_calls
 from vppkit.flops.analytic import TokenSchedule, ViTSpec, backbone_macs, ratio_schedule, tome_matching_macs
 from vppkit.flops.measure import count_macs
 from vppkit.models.pruning.base import ExternalMaskPruner, mask_change_points
@@ -81,7 +81,8 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
         :data:`~vppkit.bench.timing.IQR_FLAG`), ``times_ms`` (every timed block, per frame), ``realised_pkr``,
         ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``, ``speedup_measured``,
         ``speedup_ideal``, ``realized_over_ideal`` and, where a ceiling row of the method was timed,
-        ``ceiling_over_ideal`` and ``realized_over_ceiling``.
+        ``ceiling_over_ideal`` and ``realized_over_ceiling``; ``torch_ops``: torch calls one forward dispatches from
+        Python (:func:`~vppkit.bench.timing.count_torch_ops`, one untimed call after the timing).
 
     Raises:
         ValueError: unknown ``autocast``.
@@ -153,6 +154,7 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
             for key, fn in fns.items():     # a first call per row: VPP gets its temporal state
                 fn()
             times = time_calls(fns, reps, max(0, case.warmup - 1), device, min_run_time=case.min_run_time)
+            ops = {key: count_torch_ops(fn) for key, fn in fns.items()}    # one untimed call each, after timing
         loads[str(bsz)] = {"start": load0, "end": loadavg()}
         for key, ts in times.items():
             part, name, variant = key
@@ -166,7 +168,7 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                          "backbone_GMACs": macs["backbone_GMACs"], "overhead_GMACs": macs["overhead_GMACs"],
                          "ms_per_frame": st["median"], "ms_per_frame_min": st["min"], "iqr_ms": st["iqr"],
                          "iqr_rel": st["iqr_rel"], "flagged": st["flagged"], "timed_blocks": st["n"],
-                         "times_ms": [round(1000.0 * t / bsz, 3) for t in ts],
+                         "times_ms": [round(1000.0 * t / bsz, 3) for t in ts], "torch_ops": ops[key],
                          "block_counts": macs["block_counts"]})
     _add_speedups(rows)
     return {"case": {**asdict(case), "img_size": list(case.img_size)}, "grid": list(grid), "num_patches": n,

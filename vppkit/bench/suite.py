@@ -128,14 +128,20 @@ def run_suite(suite: dict, device: str = "cpu", profile: str | None = None, seed
     return res
 
 
-def time_account(rows: list[dict], row: dict) -> dict:
+def time_account(rows: list[dict], row: dict, us_per_op: float | None = None) -> dict:
     """Where a ``real`` row's time goes, from the rows of the same (part, method, batch) (ms per frame).
 
     ``modules_ms`` = real - schedule (the pruner's modules and bookkeeping: the schedule row runs the same masks
     without them), ``execution_overhead_ms`` = schedule - ceiling (vppkit's gathered execution against timm's
     blocks on pre-gathered tokens), ``speedup_ceiling`` = dense / ceiling and ``speedup_without_overhead`` =
-    dense / (ceiling + modules): the speed-up if vppkit's execution cost nothing beyond the ceiling. Keys are
-    missing where a row was not timed."""
+    dense / (ceiling + modules): the speed-up if vppkit's execution cost nothing beyond the ceiling.
+
+    Op counts (rows with ``torch_ops``): ``ops`` = torch calls per forward of each variant, ``extra_ops`` = real -
+    ceiling (what the modules and vppkit's execution dispatch beyond timm's blocks). With ``us_per_op`` (the
+    fixed per-op cost of a block of this model, :func:`~vppkit.bench.breakdown.block_cost_curve`, microseconds per
+    call) ``dispatch_ms`` = extra_ops x us_per_op / batch: what those calls cost at dispatch alone, to compare with
+    the measured ``gap_ms`` = real - ceiling (issue 15: the floor of the default model). Keys are missing where a
+    row was not timed or counted."""
     same = {r["variant"]: r for r in rows if r["part"] == row["part"] and r["method"] == row["method"]
             and r["batch"] == row["batch"]}
     dense = next((r for r in rows if r["family"] == "dense" and r["part"] == row["part"]
@@ -154,7 +160,25 @@ def time_account(rows: list[dict], row: dict) -> dict:
         out["speedup_ceiling"] = out["dense_ms"] / out["ceiling_ms"]
         if "modules_ms" in out:
             out["speedup_without_overhead"] = out["dense_ms"] / (out["ceiling_ms"] + max(0.0, out["modules_ms"]))
+    ops = {v: r["torch_ops"] for v, r in [("dense", dense), *same.items()] if r is not None and "torch_ops" in r}
+    if ops:
+        out["ops"] = ops
+    if "real" in ops and "ceiling" in ops:
+        out["extra_ops"] = ops["real"] - ops["ceiling"]
+        if "ceiling_ms" in out:
+            out["gap_ms"] = out["real_ms"] - out["ceiling_ms"]
+        if us_per_op is not None:
+            out["us_per_op"] = us_per_op
+            out["dispatch_ms"] = out["extra_ops"] * us_per_op / 1000.0 / row["batch"]
     return out
+
+
+def _us_per_op(result: dict, case: dict, batch: int) -> float | None:
+    """The fixed per-op cost measured by the block cost curve of the same model and input, at ``batch``."""
+    bc = result.get("block_cost")
+    if not bc or bc.get("arch") != case.get("arch") or list(bc.get("img_size", [])) != list(case.get("img_size", [])):
+        return None
+    return bc["batches"].get(str(batch), {}).get("fixed_us_per_op")
 
 
 def check_targets(result: dict) -> list[dict]:
@@ -177,14 +201,15 @@ def check_targets(result: dict) -> list[dict]:
                             "ceiling_over_ideal": coi, "realized_over_ceiling": r.get("realized_over_ceiling"),
                             "within_ceiling_gap": gap_ok, "flagged": r.get("flagged"),
                             "met": roi is not None and roi >= goal and gap_ok is not False,
-                            "account": time_account(mres["rows"], r)})
+                            "account": time_account(mres["rows"], r, _us_per_op(result, mres["case"], r["batch"]))})
             elif target == "speedup" and r["batch"] in TARGETS["speedup_measured"]:
                 goal = TARGETS["speedup_measured"][r["batch"]]
                 sp = r.get("speedup_measured")
                 out.append({"kind": "speedup", "model": mres["case"]["label"], "batch": r["batch"], "goal": goal,
                             "speedup_measured": sp, "speedup_ideal": r.get("speedup_ideal"),
                             "realized_over_ceiling": r.get("realized_over_ceiling"), "flagged": r.get("flagged"),
-                            "met": sp is not None and sp >= goal, "account": time_account(mres["rows"], r)})
+                            "met": sp is not None and sp >= goal,
+                            "account": time_account(mres["rows"], r, _us_per_op(result, mres["case"], r["batch"]))})
     bd = result.get("breakdown")
     if bd and bd.get("method") == TARGETS["method"]:
         for b, t in bd["totals"].items():

@@ -28,9 +28,11 @@ import time
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils.benchmark import Timer
 
-__all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info", "steady_host_allocator"]
+__all__ = ["IQR_FLAG", "synchronize", "time_calls", "summarize", "loadavg", "machine_info", "steady_host_allocator",
+           "count_torch_ops"]
 
 IQR_FLAG = 0.05
 """A row whose interquartile range exceeds this fraction of its median is flagged in the report (issue 15)."""
@@ -155,6 +157,38 @@ def time_calls(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1,
             out[k].extend(m.times)
             long_call[k] = m.number_per_run == 1 and min(m.times) >= min_run_time
     return out
+
+
+def count_torch_ops(fn: Callable[[], Any]) -> int:
+    """Torch operators one call of ``fn`` dispatches from Python, counted with a
+    :class:`torch.overrides.TorchFunctionMode`: every torch function, ``torch.nn.functional`` call and tensor method
+    called from Python (views and reshapes included: each is dispatched); calls made inside another one are not
+    counted again, nor are attribute reads such as ``x.shape``.
+
+    Every such call pays a roughly fixed dispatch cost whatever its size, so at small token counts the count, times
+    the fixed per-op cost of a block (:func:`vppkit.bench.breakdown.block_cost_curve`), accounts for time pruning
+    cannot remove (issue 15: the default model's floor). ``fn`` runs once, untimed. (A timm ViT ``Block``
+    dispatches 18: the same as the top-level ``aten::`` events of a :mod:`torch.profiler` trace, which also prints
+    to stderr on every start.)
+
+    Returns:
+        The number of torch calls.
+    """
+    counter = _OpCounter()
+    with counter:
+        fn()
+    return counter.calls
+
+
+class _OpCounter(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") != "__get__":      # attribute reads (x.shape, x.dtype) are not ops
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 def summarize(times: Sequence[float], scale: float = 1.0) -> dict:

@@ -263,13 +263,16 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
     bsz, t, c = x.shape
     n = t - p
     keep_b = keep if keep.dtype == torch.bool else keep.detach() > 0.5
-    counts = keep_b.sum(1)
-    cl = counts.tolist()                     # the segment's one host-device synchronisation
-    if not cl or min(cl) == n:                # everything kept: the plain blocks
-        for blk in blocks:
-            x = blk(x)
-        return x
-    equal = max(cl) == min(cl)
+    if bsz == 1:     # one sample: the nonzero below sizes the gathered tensor, no per-sample counts needed
+        counts, cl, equal = None, None, True
+    else:
+        counts = keep_b.sum(1)
+        cl = counts.tolist()                 # the segment's one host-device synchronisation
+        if not cl or min(cl) == n:           # everything kept: the plain blocks
+            for blk in blocks:
+                x = blk(x)
+            return x
+        equal = max(cl) == min(cl)
     if impl == "auto":
         impl = "pad" if equal else "loop"
     if impl == "loop" and not equal:
@@ -283,12 +286,17 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
                 seq = blk(seq)
             out[i].index_copy_(0, pos, seq[0])
         return out
-    kmax = max(cl)
     if equal:    # flat row indices of the prefix + kept tokens, sample-major, original order: one nonzero
         full = torch.cat([keep_b.new_ones(bsz, p), keep_b], 1) if p else keep_b
         flat = full.view(-1).nonzero().squeeze(1)
+        kmax = flat.numel() // bsz - p
         valid = None
+        if kmax == n:                        # everything kept: the plain blocks
+            for blk in blocks:
+                x = blk(x)
+            return x
     else:
+        kmax = max(cl)
         idx, valid, _ = _kept_index(keep_b)
         base = torch.arange(bsz, device=x.device)[:, None] * t
         pos = torch.cat([torch.arange(p, device=x.device).expand(bsz, p), idx + p], 1) + base   # (B, P + K_max)

@@ -86,12 +86,14 @@ def keep_from_logprobs(logp: torch.Tensor, tau: float = 1.0, *, noise: bool = Tr
     """
     if logp.shape[-1] != 2:
         raise ValueError(f"keep_from_logprobs expects (..., 2) keep/drop log-probs, got {tuple(logp.shape)}")
-    if not noise and not (logp.requires_grad and torch.is_grad_enabled()):
-        # deterministic inference: the argmax of the two channels, ties to keep (channel 0, as torch.argmax),
-        # compared on the log-probabilities themselves: one op instead of softmax + argmax + one-hot (issue 15).
-        # (The graph path takes the argmax of the softmax, which may round two channels closer than float
-        # precision to a tie; decided here by their order. Temperature-scaling keeps the order.)
-        return (logp[..., 0] >= logp[..., 1]).to(logp.dtype)
+    if not (logp.requires_grad and torch.is_grad_enabled()):
+        # inference: the argmax of the two (perturbed) channels, ties to keep (channel 0, as torch.argmax), compared
+        # on logp + g itself instead of softmax + argmax + one-hot (issue 15: ops per gate). The noise is drawn
+        # exactly as on the graph path (same shape, same generator stream), so a seeded run keeps the same draws.
+        # (The graph path takes the argmax of softmax((logp + g) / tau), which may round two channels closer than
+        # float precision to a tie; decided here by their order. Temperature-scaling keeps the order.)
+        y = logp + sample_gumbel(logp, generator) if noise else logp
+        return (y[..., 0] >= y[..., 1]).to(logp.dtype)
     return gumbel_softmax_st(logp, tau, hard=True, noise=noise, dim=-1, generator=generator)[..., 0]
 
 
