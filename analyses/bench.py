@@ -62,6 +62,10 @@ def render_markdown(result: dict) -> str:
         if m.get("loadavg"):
             lines += ["load average (1/5/15 min) around each batch's timing: " + "; ".join(
                 f"batch {b}: {v['start']} -> {v['end']}" for b, v in m["loadavg"].items()), ""]
+        if m.get("op_cost"):
+            lines += ["per-op dispatch cost (one block on the prefix token only, same rounds; its torch calls): " + "; ".join(
+                f"batch {b}: {v['block_ms']:.3f} ms / {v['block_ops']} calls = {v['us_per_op']:.1f} µs per call"
+                for b, v in m["op_cost"].items()), ""]
         batches = sorted({r["batch"] for r in m["rows"]})
         for part in [p for p in ("backbone", "whole") if any(r["part"] == p for r in m["rows"])]:
             lines.append(f"**{part}**" + (" (backbone + VIS head)" if part == "whole" else " only"))
@@ -180,8 +184,8 @@ def _render_ops_account(acc: list[dict]) -> list[str]:
         return []
     lines = ["Torch calls per forward (`count_torch_ops`: torch functions and tensor methods dispatched from Python, "
              "one untimed forward): *extra* = real - ceiling, what Map-SM, the SMs and vppkit's execution dispatch "
-             "beyond timm's blocks. *At dispatch cost* = extra x the fixed per-op cost of one block of the same "
-             "model (the block-cost table's eager intercept / the block's calls), per frame: the part of the gap "
+             "beyond timm's blocks. *At dispatch cost* = extra x the per-op cost (one of the model's blocks on its "
+             "prefix tokens only, timed in the same rounds, / the calls it dispatches), per frame: the part of the gap "
              "(real - ceiling) that is operator dispatch alone, independent of the token count, which fewer tokens "
              "cannot remove. Where it is most of the gap, the goal is bounded by eager PyTorch's per-op floor on "
              "this CPU, not by the kept tokens.", "",
@@ -244,9 +248,6 @@ def _render_block_cost(bc: dict) -> list[str]:
                 f = v["fit"][kind]
                 lines.append(f"| {kind} | " + " | ".join(f"{v[kind][k]:.3f}" for k in ks)
                              + f" | {f['fixed_ms']:.3f} | {f['per_token_ms']:.4f} | {100 * f['fixed_share']:.0f} % |")
-        if v.get("fixed_us_per_op") is not None and bc.get("ops_per_block"):
-            lines += ["", f"One block dispatches {bc['ops_per_block']} torch calls: the eager fixed cost is "
-                          f"{v['fixed_us_per_op']:.1f} µs per call at batch {b}."]
         lines.append("")
     return lines
 

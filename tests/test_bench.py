@@ -175,6 +175,9 @@ def test_quick_suite_rows(quick_result):
         if r["variant"] in ("schedule", "ceiling"):
             assert r["overhead_GMACs"] == 0
         assert r["iqr_ms"] >= 0 and isinstance(r["flagged"], bool) and r["torch_ops"] > 0
+    oc = quick_result["models"][0]["op_cost"]
+    assert set(oc) == {"1", "2"} and all(v["block_ops"] > 0 and v["us_per_op"] > 0 for v in oc.values())
+    assert not any(r["variant"] == "prefix-only" for r in rows)     # the per-op cost block is not a row
     ceil = [r for r in rows if r["variant"] == "ceiling"]
     assert {(r["method"], r["batch"], r["part"]) for r in ceil} == {("vpp-pkr40", 1, "backbone"),
                                                                      ("vpp-pkr40", 2, "backbone")}
@@ -316,7 +319,7 @@ def test_ceiling_from_fixed_times(monkeypatch):
     # dense 10 ms, VPP schedule 5 ms, ceiling 4 ms per batch-1 forward: realized/ceiling = 4 / 5,
     # ceiling/ideal = (10 / 4) / ideal, with ideal worked by hand from the MACs (as above)
     monkeypatch.setattr("vppkit.bench.speed.time_calls", _fake_time_calls(
-        lambda k: {"dense": 0.010, "schedule": 0.005, "ceiling": 0.004}[k[2]]))
+        lambda k: {"dense": 0.010, "schedule": 0.005, "ceiling": 0.004, "prefix-only": 0.0001}[k[2]]))
     case = ModelCase("fake", "vit_nano", (32, 48), methods=("dense", "vpp-pkr40"), batches=(1,), repeats=4,
                      variants=("schedule",))
     rows = {r["variant"]: r for r in run_speed_benchmark(case)["rows"]}
@@ -359,8 +362,6 @@ def test_block_cost_curve_reports_a_failed_compile_and_keeps_the_eager_rows(monk
     assert bc["compiled"] is False and "no compiler here" in bc["compiled_error"]
     res = bc["batches"]["1"]
     assert res["compiled"] is None and set(res["eager"]) == {6, 0} and "eager" in res["fit"]
-    assert bc["ops_per_block"] > 0
-    assert res["fixed_us_per_op"] == pytest.approx(1000 * res["fit"]["eager"]["fixed_ms"] / bc["ops_per_block"])
     text = "\n".join(_render_block_cost(bc))
     assert "torch.compile was not available here (RuntimeError: no compiler here)" in text
     assert "| eager |" in text and "| compiled |" not in text
@@ -401,8 +402,8 @@ def test_count_torch_ops_counts_dispatched_calls_not_attribute_reads():
 
 
 def test_time_account_op_counts_and_dispatch_estimate():
-    """extra ops = real - ceiling; dispatch_ms = extra x us_per_op / batch; the block-cost table's per-op cost is
-    taken for the same model and input only (issue 15: the default model's floor)."""
+    """extra ops = real - ceiling; dispatch_ms = extra x us_per_op / batch, with the per-op cost measured beside the
+    model's rows at the same batch (issue 15: the default model's floor)."""
     from analyses.bench import _render_targets
     from vppkit.bench.suite import check_targets, time_account
 
@@ -416,18 +417,13 @@ def test_time_account_op_counts_and_dispatch_estimate():
     assert a["ops"] == {"dense": 250, "ceiling": 240, "schedule": 340, "real": 490} and a["extra_ops"] == 250
     assert a["dispatch_ms"] == pytest.approx(250 * 10.0 / 1000 / 2) and a["gap_ms"] == pytest.approx(3.0)
     assert "dispatch_ms" not in time_account(rows, rows[-1])                       # no per-op cost measured
-    case = {"label": "m", "target": "speedup", "arch": "vit_micro", "img_size": [192, 192]}
-    bc = {"arch": "vit_micro", "img_size": [192, 192], "ops_per_block": 18,
-          "batches": {"2": {"fixed_us_per_op": 10.0}}}
-    t = check_targets({"models": [{"case": case, "rows": rows}], "breakdown": None, "block_cost": bc})
-    acc = [x for x in t if x["batch"] == 2]
-    assert not acc                                     # batch 2 is not a goal batch: no entry
+    case = {"label": "m", "target": "speedup"}
     rows1 = [dict(r, batch=1) for r in rows]
-    bc1 = dict(bc, batches={"1": {"fixed_us_per_op": 12.0}})
-    t = check_targets({"models": [{"case": case, "rows": rows1}], "breakdown": None, "block_cost": bc1})
+    t = check_targets({"models": [{"case": case, "rows": rows1, "op_cost": {"1": {"us_per_op": 12.0}}}],
+                       "breakdown": None})
     assert t[0]["account"]["dispatch_ms"] == pytest.approx(250 * 12.0 / 1000)
-    other = dict(bc1, img_size=[64, 64])               # another input: its per-op cost is not used
-    t2 = check_targets({"models": [{"case": case, "rows": rows1}], "breakdown": None, "block_cost": other})
+    t2 = check_targets({"models": [{"case": case, "rows": rows1, "op_cost": {"8": {"us_per_op": 12.0}}}],
+                        "breakdown": None})                       # measured at another batch only: not used
     assert "dispatch_ms" not in t2[0]["account"]
     md = "\n".join(_render_targets({"targets": t}))
     assert "| m | 1 | 250 | 240 | 340 | 490 | 250 | 12.0 | 3.00 | 3.00 |" in md

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from vppkit.bench.specs import nominal_counts, resolve_methods
-from vppkit.bench.timing import count_torch_ops, machine_info, summarize, time_calls
+from vppkit.bench.timing import machine_info, summarize, time_calls
 from vppkit.flops.analytic import ViTSpec, backbone_macs, block_macs, ratio_schedule
 from vppkit.models.pruning.schedules import VPPSchedule
 from vppkit.models.pruning.vpp import VPPPruner
@@ -179,10 +179,7 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
     Returns:
         ``{"arch", "num_patches", "compiled", "compiled_error", "batches": {batch: {"eager": {K: ms},
         "compiled": {K: ms} | None, "fit": {"eager": {"fixed_ms", "per_token_ms", "fixed_share"}, ...},
-        "iqr_rel_max", "fixed_us_per_op"}}, "ops_per_block"}``; ms per frame. ``ops_per_block`` = torch calls one
-        block dispatches (:func:`~vppkit.bench.timing.count_torch_ops`); ``fixed_us_per_op`` = the eager fixed cost
-        of one block call (all its samples) / ``ops_per_block``, in microseconds: the dispatch cost per op that
-        :func:`vppkit.bench.suite.time_account` multiplies with a forward's extra ops.
+        "iqr_rel_max"}}}``; ms per frame.
     """
     torch.manual_seed(seed)
     bb = build_backbone(arch, img_size=tuple(img_size)).eval().to(device)
@@ -200,8 +197,6 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
         except Exception as e:  # noqa: BLE001 - inductor / dynamo failures of any kind: report, time eager only
             compiled_error, cblk = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", None
     out = {}
-    with torch.inference_mode():
-        ops_per_block = count_torch_ops(lambda: blk(torch.zeros(1, n + p, c, device=device)))
     for bsz in batches:
         x = torch.randn(bsz, n + p, c, generator=g).to(device)
         xs = {k: x[:, : k + p].contiguous() for k in ks}
@@ -223,8 +218,7 @@ def block_cost_curve(arch: str, img_size: Sequence[int], fractions: Sequence[flo
             a = torch.stack([torch.ones_like(kk), kk], 1)
             fixed, slope = torch.linalg.lstsq(a, tt[:, None]).solution[:, 0].tolist()
             res["fit"][kind] = {"fixed_ms": fixed, "per_token_ms": slope, "fixed_share": fixed / res[kind][n]}
-        res["fixed_us_per_op"] = 1000.0 * res["fit"]["eager"]["fixed_ms"] * bsz / ops_per_block
         out[str(bsz)] = res
     return {"arch": arch, "img_size": list(img_size), "num_patches": n, "compiled": cblk is not None,
-            "compiled_error": compiled_error, "batches": out, "ops_per_block": ops_per_block,
+            "compiled_error": compiled_error, "batches": out,
             "machine": machine_info(device)}

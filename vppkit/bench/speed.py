@@ -76,7 +76,9 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
 
     Returns:
         dict with ``case``, ``grid``, ``num_patches``, ``methods`` (specs), ``head_GMACs``, ``loadavg`` (per batch:
-        before and after its timing) and ``rows``: one per (part, method, variant, batch) with ``ms_per_frame``
+        before and after its timing), ``op_cost`` (per batch: ``block_ms``, one of the model's blocks on its prefix
+        tokens only, timed in the same rounds, ``block_ops`` its torch calls and ``us_per_op`` = block_ms /
+        block_ops in microseconds: the dispatch cost of one op, whatever it computes) and ``rows``: one per (part, method, variant, batch) with ``ms_per_frame``
         (median of the per-call times / batch), ``iqr_ms``, ``iqr_rel`` (IQR / median), ``flagged`` (iqr_rel >
         :data:`~vppkit.bench.timing.IQR_FLAG`), ``times_ms`` (every timed block, per frame), ``realised_pkr``,
         ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``, ``speedup_measured``,
@@ -115,6 +117,7 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
 
     rows: list[dict] = []
     loads: dict[str, dict] = {}
+    op_cost: dict[str, dict] = {}
     head_gmacs = None
     g = torch.Generator().manual_seed(seed)
     amp = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if autocast else nullcontext
@@ -146,6 +149,11 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                 fns[key] = ceiling_forward(dense.vit, images, masks)
                 last[key] = KeepRecord.from_masks(masks, grid, torch.zeros(bsz, dtype=torch.float64),
                                                   method=spec.method, execution="ceiling")
+        # the per-op dispatch cost, in the same rounds: one of the model's blocks on its prefix tokens only (no
+        # patch left: what a block costs whatever it computes) / the torch calls it dispatches
+        floor_x = torch.rand(bsz, max(1, dense.num_prefix_tokens), dense.embed_dim, generator=g).to(device)
+        floor_key = ("floor", "block", "prefix-only")
+        fns[floor_key] = lambda blk=dense.vit.blocks[0], x=floor_x: blk(x)
         reps = int(case.repeats_by_batch.get(bsz, case.repeats))
         log(f"{case.label}: batch {bsz}: {len(fns)} configurations x {reps} interleaved rounds "
             f"(>= {case.min_run_time} s each), load {loadavg()}")
@@ -156,6 +164,9 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
             times = time_calls(fns, reps, max(0, case.warmup - 1), device, min_run_time=case.min_run_time)
             ops = {key: count_torch_ops(fn) for key, fn in fns.items()}    # one untimed call each, after timing
         loads[str(bsz)] = {"start": load0, "end": loadavg()}
+        fl = summarize(times.pop(floor_key), 1000.0)
+        op_cost[str(bsz)] = {"block_ms": fl["median"], "block_ops": ops[floor_key], "iqr_rel": fl["iqr_rel"],
+                             "us_per_op": 1000.0 * fl["median"] / max(1, ops[floor_key])}
         for key, ts in times.items():
             part, name, variant = key
             spec = next(s for s in specs if s.name == name)
@@ -173,7 +184,7 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
     _add_speedups(rows)
     return {"case": {**asdict(case), "img_size": list(case.img_size)}, "grid": list(grid), "num_patches": n,
             "methods": [asdict(s) for s in specs], "head": heads, "head_GMACs": head_gmacs, "rows": rows,
-            "loadavg": loads, "autocast": autocast, "compile_blocks": compile_blocks,
+            "loadavg": loads, "op_cost": op_cost, "autocast": autocast, "compile_blocks": compile_blocks,
             "machine": machine_info(device)}
 
 

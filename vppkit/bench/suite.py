@@ -138,8 +138,8 @@ def time_account(rows: list[dict], row: dict, us_per_op: float | None = None) ->
 
     Op counts (rows with ``torch_ops``): ``ops`` = torch calls per forward of each variant, ``extra_ops`` = real -
     ceiling (what the modules and vppkit's execution dispatch beyond timm's blocks). With ``us_per_op`` (the
-    fixed per-op cost of a block of this model, :func:`~vppkit.bench.breakdown.block_cost_curve`, microseconds per
-    call) ``dispatch_ms`` = extra_ops x us_per_op / batch: what those calls cost at dispatch alone, to compare with
+    per-op dispatch cost measured beside the rows: ``op_cost`` of :func:`~vppkit.bench.speed.run_speed_benchmark`,
+    microseconds per call) ``dispatch_ms`` = extra_ops x us_per_op / batch: what those calls cost at dispatch alone, to compare with
     the measured ``gap_ms`` = real - ceiling (issue 15: the floor of the default model). Keys are missing where a
     row was not timed or counted."""
     same = {r["variant"]: r for r in rows if r["part"] == row["part"] and r["method"] == row["method"]
@@ -173,12 +173,10 @@ def time_account(rows: list[dict], row: dict, us_per_op: float | None = None) ->
     return out
 
 
-def _us_per_op(result: dict, case: dict, batch: int) -> float | None:
-    """The fixed per-op cost measured by the block cost curve of the same model and input, at ``batch``."""
-    bc = result.get("block_cost")
-    if not bc or bc.get("arch") != case.get("arch") or list(bc.get("img_size", [])) != list(case.get("img_size", [])):
-        return None
-    return bc["batches"].get(str(batch), {}).get("fixed_us_per_op")
+def _us_per_op(mres: dict, batch: int) -> float | None:
+    """The per-op dispatch cost measured beside a model's rows at ``batch`` (``op_cost`` of
+    :func:`~vppkit.bench.speed.run_speed_benchmark`), or None."""
+    return (mres.get("op_cost") or {}).get(str(batch), {}).get("us_per_op")
 
 
 def check_targets(result: dict) -> list[dict]:
@@ -201,7 +199,7 @@ def check_targets(result: dict) -> list[dict]:
                             "ceiling_over_ideal": coi, "realized_over_ceiling": r.get("realized_over_ceiling"),
                             "within_ceiling_gap": gap_ok, "flagged": r.get("flagged"),
                             "met": roi is not None and roi >= goal and gap_ok is not False,
-                            "account": time_account(mres["rows"], r, _us_per_op(result, mres["case"], r["batch"]))})
+                            "account": time_account(mres["rows"], r, _us_per_op(mres, r["batch"]))})
             elif target == "speedup" and r["batch"] in TARGETS["speedup_measured"]:
                 goal = TARGETS["speedup_measured"][r["batch"]]
                 sp = r.get("speedup_measured")
@@ -209,7 +207,7 @@ def check_targets(result: dict) -> list[dict]:
                             "speedup_measured": sp, "speedup_ideal": r.get("speedup_ideal"),
                             "realized_over_ceiling": r.get("realized_over_ceiling"), "flagged": r.get("flagged"),
                             "met": sp is not None and sp >= goal,
-                            "account": time_account(mres["rows"], r, _us_per_op(result, mres["case"], r["batch"]))})
+                            "account": time_account(mres["rows"], r, _us_per_op(mres, r["batch"]))})
     bd = result.get("breakdown")
     if bd and bd.get("method") == TARGETS["method"]:
         for b, t in bd["totals"].items():
