@@ -63,7 +63,7 @@ def render_markdown(result: dict) -> str:
             lines += ["load average (1/5/15 min) around each batch's timing: " + "; ".join(
                 f"batch {b}: {v['start']} -> {v['end']}" for b, v in m["loadavg"].items()), ""]
         if m.get("op_cost"):
-            lines += ["per-op dispatch cost (one block on the prefix token only, same rounds; its torch calls): " + "; ".join(
+            lines += ["per-op dispatch cost (a width-16 timm Block on one token, same rounds; its torch calls): " + "; ".join(
                 f"batch {b}: {v['block_ms']:.3f} ms / {v['block_ops']} calls = {v['us_per_op']:.1f} µs per call"
                 for b, v in m["op_cost"].items()), ""]
         batches = sorted({r["batch"] for r in m["rows"]})
@@ -184,8 +184,8 @@ def _render_ops_account(acc: list[dict]) -> list[str]:
         return []
     lines = ["Torch calls per forward (`count_torch_ops`: torch functions and tensor methods dispatched from Python, "
              "one untimed forward): *extra* = real - ceiling, what Map-SM, the SMs and vppkit's execution dispatch "
-             "beyond timm's blocks. *At dispatch cost* = extra x the per-op cost (one of the model's blocks on its "
-             "prefix tokens only, timed in the same rounds, / the calls it dispatches), per frame: the part of the gap "
+             "beyond timm's blocks. *At dispatch cost* = extra x the per-op cost (a width-16 timm Block on one "
+             "token, timed in the same rounds, / the calls it dispatches), per frame: the part of the gap "
              "(real - ceiling) that is operator dispatch alone, independent of the token count, which fewer tokens "
              "cannot remove. Where it is most of the gap, the goal is bounded by eager PyTorch's per-op floor on "
              "this CPU, not by the kept tokens.", "",

@@ -177,7 +177,7 @@ def test_quick_suite_rows(quick_result):
         assert r["iqr_ms"] >= 0 and isinstance(r["flagged"], bool) and r["torch_ops"] > 0
     oc = quick_result["models"][0]["op_cost"]
     assert set(oc) == {"1", "2"} and all(v["block_ops"] > 0 and v["us_per_op"] > 0 for v in oc.values())
-    assert not any(r["variant"] == "prefix-only" for r in rows)     # the per-op cost block is not a row
+    assert not any(r["variant"] == "dispatch" for r in rows)       # the per-op cost block is not a row
     ceil = [r for r in rows if r["variant"] == "ceiling"]
     assert {(r["method"], r["batch"], r["part"]) for r in ceil} == {("vpp-pkr40", 1, "backbone"),
                                                                      ("vpp-pkr40", 2, "backbone")}
@@ -319,7 +319,7 @@ def test_ceiling_from_fixed_times(monkeypatch):
     # dense 10 ms, VPP schedule 5 ms, ceiling 4 ms per batch-1 forward: realized/ceiling = 4 / 5,
     # ceiling/ideal = (10 / 4) / ideal, with ideal worked by hand from the MACs (as above)
     monkeypatch.setattr("vppkit.bench.speed.time_calls", _fake_time_calls(
-        lambda k: {"dense": 0.010, "schedule": 0.005, "ceiling": 0.004, "prefix-only": 0.0001}[k[2]]))
+        lambda k: {"dense": 0.010, "schedule": 0.005, "ceiling": 0.004, "dispatch": 0.0001}[k[2]]))
     case = ModelCase("fake", "vit_nano", (32, 48), methods=("dense", "vpp-pkr40"), batches=(1,), repeats=4,
                      variants=("schedule",))
     rows = {r["variant"]: r for r in run_speed_benchmark(case)["rows"]}

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
+from timm.models.vision_transformer import Block
 
 from vppkit.bench.specs import MethodSpec, ModelCase, build_method_pruner, nominal_masks, resolve_methods
 from vppkit.bench.timing import count_torch_ops, loadavg, machine_info, summarize, time_calls
@@ -76,9 +77,10 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
 
     Returns:
         dict with ``case``, ``grid``, ``num_patches``, ``methods`` (specs), ``head_GMACs``, ``loadavg`` (per batch:
-        before and after its timing), ``op_cost`` (per batch: ``block_ms``, one of the model's blocks on its prefix
-        tokens only, timed in the same rounds, ``block_ops`` its torch calls and ``us_per_op`` = block_ms /
-        block_ops in microseconds: the dispatch cost of one op, whatever it computes) and ``rows``: one per (part, method, variant, batch) with ``ms_per_frame``
+        before and after its timing), ``op_cost`` (per batch: ``block_ms``, a width-16 timm ``Block`` on one token
+        per sample, timed in the same rounds, ``block_ops`` its torch calls and ``us_per_op`` = block_ms /
+        block_ops in microseconds: what one torch call costs when it computes next to nothing, i.e. eager
+        dispatch) and ``rows``: one per (part, method, variant, batch) with ``ms_per_frame``
         (median of the per-call times / batch), ``iqr_ms``, ``iqr_rel`` (IQR / median), ``flagged`` (iqr_rel >
         :data:`~vppkit.bench.timing.IQR_FLAG`), ``times_ms`` (every timed block, per frame), ``realised_pkr``,
         ``GMACs`` (per frame, incl. overhead for ``real``), ``overhead_GMACs``, ``speedup_measured``,
@@ -115,6 +117,7 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                             dec_layers=int(h["dec_layers"]), heads=int(h["heads"])
                             ).eval().requires_grad_(False).to(device)
 
+    floor_block = Block(16, 1, qkv_bias=True).eval().to(device)       # the per-op dispatch cost (below)
     rows: list[dict] = []
     loads: dict[str, dict] = {}
     op_cost: dict[str, dict] = {}
@@ -149,11 +152,11 @@ def run_speed_benchmark(case: ModelCase, device: str | torch.device = "cpu", see
                 fns[key] = ceiling_forward(dense.vit, images, masks)
                 last[key] = KeepRecord.from_masks(masks, grid, torch.zeros(bsz, dtype=torch.float64),
                                                   method=spec.method, execution="ceiling")
-        # the per-op dispatch cost, in the same rounds: one of the model's blocks on its prefix tokens only (no
-        # patch left: what a block costs whatever it computes) / the torch calls it dispatches
-        floor_x = torch.rand(bsz, max(1, dense.num_prefix_tokens), dense.embed_dim, generator=g).to(device)
-        floor_key = ("floor", "block", "prefix-only")
-        fns[floor_key] = lambda blk=dense.vit.blocks[0], x=floor_x: blk(x)
+        # the per-op dispatch cost, in the same rounds: a width-16 timm Block on one token (its weights, 13 KB, stay
+        # in cache; what is left is what each of its torch calls costs whatever it computes) / its calls
+        floor_x = torch.rand(bsz, 1, 16, generator=g).to(device)
+        floor_key = ("floor", "block", "dispatch")
+        fns[floor_key] = lambda blk=floor_block, x=floor_x: blk(x)
         reps = int(case.repeats_by_batch.get(bsz, case.repeats))
         log(f"{case.label}: batch {bsz}: {len(fns)} configurations x {reps} interleaved rounds "
             f"(>= {case.min_run_time} s each), load {loadavg()}")
