@@ -289,7 +289,7 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
     if equal:    # flat row indices of the prefix + kept tokens, sample-major, original order: one nonzero
         full = torch.cat([keep_b.new_ones(bsz, p), keep_b], 1) if p else keep_b
         flat = full.view(-1).nonzero().squeeze(1)
-        kmax = flat.numel() // bsz - p
+        kmax = flat.shape[0] // bsz - p
         valid = None
         if kmax == n:                        # everything kept: the plain blocks
             for blk in blocks:
@@ -301,7 +301,8 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
         base = torch.arange(bsz, device=x.device)[:, None] * t
         pos = torch.cat([torch.arange(p, device=x.device).expand(bsz, p), idx + p], 1) + base   # (B, P + K_max)
         flat = pos.reshape(-1)
-    seq0 = x.reshape(bsz * t, c).index_select(0, flat).view(bsz, p + kmax, c)
+    xf = x.reshape(bsz * t, c)               # the gather's source and the scatter's target
+    seq0 = xf.index_select(0, flat).view(bsz, p + kmax, c)
     key_mask = None
     if valid is not None:
         empty = (counts == 0) if p == 0 else torch.zeros_like(counts, dtype=torch.bool)
@@ -311,6 +312,5 @@ def run_blocks_gathered(blocks, x: torch.Tensor, keep: torch.Tensor, num_prefix:
         seq = blk(seq, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
     if valid is not None:    # padded slots (pruned tokens) keep their value
         seq = torch.where(torch.cat([valid.new_ones(bsz, p), valid], 1)[..., None], seq, seq0)
-    xf = x.reshape(bsz * t, c)
     xf = xf.index_copy_(0, flat, seq.reshape(-1, c)) if inplace else xf.index_copy(0, flat, seq.reshape(-1, c))
     return xf.view(bsz, t, c)

@@ -323,6 +323,7 @@ class ForcedSchedulePruner(Pruner):
         super().__init__(inference_noise=inner.inference_noise)
         self.inner = inner
         self.masks = masks
+        self._float32 = masks.float()         # the masks as returned (float32 forwards: one call per block, not two)
         self.name = f"{inner.name}+forced"
         self.needs_attention = inner.needs_attention
         self._changes = mask_change_points(masks.detach())
@@ -336,6 +337,8 @@ class ForcedSchedulePruner(Pruner):
 
     def before_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
         self.inner.before_block(b, x, keep, ctx)          # the module runs; its decision is replaced
+        if x.dtype == torch.float32:
+            return self._float32[:, b]
         return self.masks[:, b].to(x.dtype)
 
     def after_block(self, b: int, x: torch.Tensor, keep: torch.Tensor, ctx: PruneContext,
