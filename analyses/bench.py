@@ -63,9 +63,9 @@ def render_markdown(result: dict) -> str:
             lines += ["load average (1/5/15 min) around each batch's timing: " + "; ".join(
                 f"batch {b}: {v['start']} -> {v['end']}" for b, v in m["loadavg"].items()), ""]
         if m.get("op_cost"):
-            lines += ["per-op dispatch cost (a width-16 timm Block on one token, same rounds; its torch calls): " + "; ".join(
-                f"batch {b}: {v['block_ms']:.3f} ms / {v['block_ops']} calls = {v['us_per_op']:.1f} µs per call"
-                for b, v in m["op_cost"].items()), ""]
+            lines += ["per-op dispatch cost (a width-16 timm Block on one token, same rounds; its torch calls): "
+                      + "; ".join(f"batch {b}: {v['block_ms']:.3f} ms / {v['block_ops']} calls = "
+                                  f"{v['us_per_op']:.1f} µs per call" for b, v in m["op_cost"].items()), ""]
         batches = sorted({r["batch"] for r in m["rows"]})
         for part in [p for p in ("backbone", "whole") if any(r["part"] == p for r in m["rows"])]:
             lines.append(f"**{part}**" + (" (backbone + VIS head)" if part == "whole" else " only"))

@@ -13,6 +13,9 @@ What is timed (docs/contracts.md; issue 5 "Cost"):
 - **ceiling** rows: timm's own modules on tokens gathered to the row's nominal masks, no vppkit code in the
   loop (:func:`~vppkit.bench.speed.ceiling_forward`); ``realized/ceiling = ceiling ms / row ms`` is vppkit's own
   overhead (gather / scatter glue, pruner modules).
+- **torch calls per forward** of every row (:func:`~vppkit.bench.timing.count_torch_ops`, one untimed forward) and
+  the per-call dispatch cost (a width-16 timm block on one token, timed in the same rounds): the report's op-count
+  account says how much of the gap to the ceiling is eager dispatch, which fewer tokens cannot remove (issue 15).
 
 Untrained pruners do not meet their keep targets (VPP's SMs keep far fewer tokens untrained, SViT's gates far
 more or fewer), and speed depends on the kept-token schedule, so every pruned row runs the method's
@@ -59,12 +62,12 @@ from vppkit.bench.specs import (DEFAULT_GOAL_PKRS, METHOD_NAMES, VARIANTS, Metho
                                 tome_r_for_pkr)
 from vppkit.bench.speed import ceiling_forward, run_speed_benchmark
 from vppkit.bench.suite import TARGETS, check_targets, default_suite, run_suite
-from vppkit.bench.timing import IQR_FLAG, loadavg, machine_info, summarize, synchronize, time_calls
+from vppkit.bench.timing import IQR_FLAG, count_torch_ops, loadavg, machine_info, summarize, synchronize, time_calls
 
 __all__ = [
     "MethodSpec", "ModelCase", "TARGETS", "DEFAULT_GOAL_PKRS", "METHOD_NAMES", "VARIANTS", "resolve_methods",
     "spec_pruner", "nominal_counts", "nominal_masks", "tome_r_for_pkr", "build_method_pruner", "time_calls",
     "synchronize", "run_speed_benchmark", "block_breakdown", "memory_vs_length", "summarize_memory",
     "default_suite", "run_suite", "check_targets", "machine_info", "summarize", "loadavg", "IQR_FLAG",
-    "ceiling_forward", "benchmark_gather_impl",
+    "ceiling_forward", "benchmark_gather_impl", "count_torch_ops",
 ]

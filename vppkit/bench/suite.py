@@ -139,9 +139,9 @@ def time_account(rows: list[dict], row: dict, us_per_op: float | None = None) ->
     Op counts (rows with ``torch_ops``): ``ops`` = torch calls per forward of each variant, ``extra_ops`` = real -
     ceiling (what the modules and vppkit's execution dispatch beyond timm's blocks). With ``us_per_op`` (the
     per-op dispatch cost measured beside the rows: ``op_cost`` of :func:`~vppkit.bench.speed.run_speed_benchmark`,
-    microseconds per call) ``dispatch_ms`` = extra_ops x us_per_op / batch: what those calls cost at dispatch alone, to compare with
-    the measured ``gap_ms`` = real - ceiling (issue 15: the floor of the default model). Keys are missing where a
-    row was not timed or counted."""
+    microseconds per call) ``dispatch_ms`` = extra_ops x us_per_op / batch: what those calls cost at dispatch
+    alone, to compare with the measured ``gap_ms`` = real - ceiling (issue 15: the floor of the default model).
+    Keys are missing where a row was not timed or counted."""
     same = {r["variant"]: r for r in rows if r["part"] == row["part"] and r["method"] == row["method"]
             and r["batch"] == row["batch"]}
     dense = next((r for r in rows if r["family"] == "dense" and r["part"] == row["part"]

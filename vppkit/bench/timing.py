@@ -166,8 +166,8 @@ def count_torch_ops(fn: Callable[[], Any]) -> int:
     counted again, nor are attribute reads such as ``x.shape``.
 
     Every such call pays a roughly fixed dispatch cost whatever its size, so at small token counts the count, times
-    the per-op cost of a tiny block (``op_cost`` of :func:`vppkit.bench.speed.run_speed_benchmark`), accounts for time pruning cannot remove (issue 15: the default
-    model's floor). ``fn`` runs once, untimed. (A timm ViT ``Block``
+    the per-op cost of a tiny block (``op_cost`` of :func:`vppkit.bench.speed.run_speed_benchmark`), accounts for
+    time pruning cannot remove (issue 15: the default model's floor). ``fn`` runs once, untimed. (A timm ViT ``Block``
     dispatches 18: the same as the top-level ``aten::`` events of a :mod:`torch.profiler` trace, which also prints
     to stderr on every start.)
 
