@@ -258,7 +258,7 @@ class PrunableViT(nn.Module):
         p = self.num_prefix_tokens
         ctx = self.pruner.begin(x[:, p:], grid, state)
         ones = keep = x.new_ones(x.shape[0], x.shape[1] - p)
-        ones_b = None                               # its bool mask, built once: every all-kept block shares it
+        ones_b = ones > 0.5                         # its bool mask: every all-kept block's record shares it
         feats = [x] if keep_features else None
         masks = []
         blocks = list(self.vit.blocks)[:None if last_block is None else last_block + 1]   # a list: slicing an
@@ -271,11 +271,8 @@ class PrunableViT(nn.Module):
                 xp = interaction.before_block(b, x[:, p:])
                 x = torch.cat([x[:, :p], xp], dim=1) if p else xp
             keep = self.pruner.before_block(b, x[:, p:], keep, ctx)
-            if keep is ones:                         # the initial mask returned as is: nothing pruned yet
-                ones_b = ones_b if ones_b is not None else ones > 0.5
-                masks.append(ones_b)
-            else:
-                masks.append(keep.detach() > 0.5)
+            # the initial mask returned as is (nothing pruned yet): its bool mask is already there
+            masks.append(ones_b if keep is ones else keep.detach() > 0.5)
             want = b in self.pruner.needs_attention
             end = b + 1 if points is None else min(i for i in points | {len(blocks)} if i > b)
             if keep is ones and not want and mode == "gathered":   # all kept (no straight-through mask to apply):
