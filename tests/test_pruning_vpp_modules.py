@@ -157,8 +157,16 @@ def test_map_sm_uses_mapped_value():
     with torch.no_grad():
         mod(xq, xk, xv, mask_prev, (H, W), 0.7)         # inference path: gathered from the kept keys only
     assert len(seen) == 2
-    for x_hat in seen:
-        torch.testing.assert_close(x_hat, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-12)
+    # inference: the selector runs on the K kept previous tokens' values; gathered by the association they
+    # are x_hat (the per-token selector's log-probs are gathered the same way in MapSM.forward)
+    with torch.no_grad():
+        order, match = mod.associate_sparse(xq, xk, mask_prev, (H, W), noise=False)
+        assert seen[1].shape == (B, order.shape[1], C) and order.shape[1] < N
+        x_hat = seen[1].gather(1, match[..., None].expand(-1, -1, C))
+        torch.testing.assert_close(x_hat, expected, rtol=0, atol=0)
+        torch.testing.assert_close(mod.map_features_sparse(xq, xk, xv, mask_prev, (H, W), False), expected,
+                                   rtol=0, atol=0)
 
 
 def test_map_sm_empty_previous_mask_is_defined():
@@ -218,6 +226,8 @@ def test_overhead_macs():
     assert map_sm_macs(2040, 192) == 2 * 2040 ** 2 * 192 + 2040 * (192 * 96 + 96 * 2)
     assert map_sm_macs(2040, 192) / 1e9 == pytest.approx(1.636, abs=1e-3)  # §4.2 "≈ 1.6 GMAC (Tiny)"
     assert sm_macs(10, 16) == 10 * (16 * 4 + 4 * 2)
+    # inference: association against K kept keys, selector on those K tokens (not on the N mapped ones)
+    assert map_sm_macs(960, 384, 300) == 960 * 300 * 384 + 300 * (384 * 192 + 192 * 2)
 
 
 # ---------------------------------------------------------------- SM
@@ -324,3 +334,10 @@ def test_map_sm_inference_path_equals_full_association():
     mask_g, p_g = msm(xq, xk, xv, mask_prev, grid, 0.6)
     torch.testing.assert_close(p_ng, p_g.detach())
     assert torch.equal(mask_ng, mask_g.detach())
+    # the selector on the K kept previous tokens, gathered: the same log-probs as on the N mapped tokens
+    with torch.no_grad():
+        order, match = msm.associate_sparse(xq, xk, mask_prev, grid, noise=False)
+        assert order.shape == (b, int(mask_prev.sum(-1).max())) and match.shape == (b, n)
+        src = order.gather(1, match)
+        assert mask_prev.gather(1, src).all()  # every current token is mapped onto a kept previous token
+        torch.testing.assert_close(msm.selector(sparse), msm.selector(full))

@@ -309,7 +309,7 @@ class VPPPruner(Pruner):
         n, c = ctx.num_patches, ctx.dim
         if torch.is_grad_enabled():  # full N x N association (straight-through graph)
             macs = [float(map_sm_macs(n, c)) if v else 0.0 for v in vl]
-        else:  # inference maps from the K kept previous tokens only (MapSM.map_features_sparse; none kept: all N)
+        else:  # inference: association and selector on the K kept previous tokens (MapSM.forward; none kept: all N)
             macs = [float(map_sm_macs(n, c, k if k > 0 else n)) if v else 0.0
                     for v, k in zip(vl, state.mask.sum(-1).tolist())]
         ctx.add_overhead(torch.tensor(macs, dtype=torch.float64))

@@ -67,20 +67,30 @@ def spatial_prior(grid: tuple[int, int], device: torch.device | str = "cpu") -> 
     return _spatial_prior_cached(int(grid[0]), int(grid[1]), torch.device(device))
 
 
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Per-sample row gather: (B, N, C) tokens at (B, K) indices -> (B, K, C), one ``index_select`` on the
+    flattened tokens (no index expanded over C)."""
+    b, n, c = x.shape
+    flat = index + torch.arange(b, device=index.device)[:, None] * n
+    return x.reshape(b * n, c).index_select(0, flat.reshape(-1)).view(b, index.shape[1], c)
+
+
 def map_sm_macs(num_tokens: int, dim: int, num_keys: int | None = None) -> int:
     """MACs of one Map-SM forward per sample.
 
-    Training / graph path (official): Phi_sim = x_q x_k^T and A x_v over all N previous tokens (2 N^2 C).
-    Inference path (``num_keys`` = K kept previous tokens): Phi_sim against the K kept keys only (N K C) and
-    x_hat gathered by the argmax index (no matmul). Plus the selector MLP C -> C/2 -> 2 on N tokens:
-    N (C * C/2 + C/2 * 2). LayerNorm, softmax, pooling and top-k are not multiply-adds of a matmul and are
-    left out (fvcore convention). Source: vpp-notes §4.2 "Cost" (about 1.6 GMAC for Tiny at N = 2040).
+    Training / graph path (official): Phi_sim = x_q x_k^T and A x_v over all N previous tokens (2 N^2 C), and
+    the selector MLP C -> C/2 -> 2 on the N mapped tokens: N (C * C/2 + C/2 * 2).
+    Inference path (``num_keys`` = K kept previous tokens, :meth:`MapSM.forward`): Phi_sim against the K kept
+    keys only (N K C), no matmul for the mapping (an argmax), and the selector on the K kept previous tokens,
+    whose log-probs are gathered onto the N current tokens: K (C * C/2 + C/2 * 2).
+    LayerNorm, softmax, pooling and top-k are not multiply-adds of a matmul and are left out (fvcore
+    convention). Source: vpp-notes §4.2 "Cost" (about 1.6 GMAC for Tiny at N = 2040).
     """
     hidden = dim // 2
-    selector = num_tokens * (dim * hidden + hidden * 2)
+    per_token = dim * hidden + hidden * 2
     if num_keys is None:
-        return 2 * num_tokens * num_tokens * dim + selector
-    return num_tokens * int(num_keys) * dim + selector
+        return 2 * num_tokens * num_tokens * dim + num_tokens * per_token
+    return num_tokens * int(num_keys) * dim + int(num_keys) * per_token
 
 
 def sm_macs(num_tokens: int, dim: int) -> int:
@@ -152,24 +162,34 @@ class MapSM(nn.Module):
         phi = phi.masked_fill(~mask_prev[:, None, :], float("-inf"))
         return gumbel_softmax_st(self.tau * phi, self.tau, hard=True, noise=noise, dim=-1)
 
-    def map_features_sparse(self, x_q: torch.Tensor, x_k: torch.Tensor, x_v: torch.Tensor,
-                            mask_prev: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
-        """Steps 1-5 without a graph, against the kept previous tokens only: x_hat (B, N, C).
+    def associate_sparse(self, x_q: torch.Tensor, x_k: torch.Tensor, mask_prev: torch.Tensor,
+                         grid: tuple[int, int], noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-4 without a graph, against the kept previous tokens only.
 
         The association row of token i is one-hot, so ``A @ x_v`` is ``x_v`` at the row's argmax; and pruned
         previous tokens have Phi = -inf, so only the K kept keys can win. Computing Phi against the K kept
-        keys (padded to the batch maximum, padding at -inf) and gathering x_v by the argmax gives the same
-        mapping as :meth:`associate` (identical in deterministic mode; the same distribution with noise) at
-        N K C instead of 2 N^2 C MACs. Used at inference only: it has no straight-through gradient. A sample
-        whose ``mask_prev`` keeps nothing maps from all N previous tokens (as :meth:`forward` documents).
+        keys (padded to the batch maximum, padding at -inf) and taking the argmax gives the same mapping as
+        :meth:`associate` (identical in deterministic mode; the same distribution with noise) at N K C instead
+        of N^2 C MACs. Used at inference only: it has no straight-through gradient. A sample whose
+        ``mask_prev`` keeps nothing maps from all N previous tokens (as :meth:`forward` documents).
 
         Phi is built transposed, (B, K, N) = keys x queries: ``Phi_dist`` is symmetric (an L1 distance), so its
         rows at the kept keys are contiguous reads (one ``index_select``), the ``baddbmm`` gets contiguous
-        operands, and the argmax over keys is ``max(dim=1)``; keys and mapped values are row gathers
-        (``index_select`` on the flattened tokens, not ``gather`` with an index expanded over C). Issue 15
-        measurement (N 960, C 384, K 384, 2 threads): the association 1.94 -> 1.60 ms at batch 1 and 22.8 ->
-        13.7 ms at batch 8 against the (B, N, K) layout, whose column gather and transposed ``baddbmm`` operand cost
-        a strided copy each; Map-SM as a whole 3.65 -> 2.58 ms and 94 -> 24 ms with the row gathers.
+        operands, and the argmax over keys is ``max(dim=1)``; keys are row gathers (``index_select`` on the
+        flattened tokens, not ``gather`` with an index expanded over C). Issue 15 measurement (N 960, C 384,
+        K 384, 2 threads): the association 1.94 -> 1.60 ms at batch 1 and 22.8 -> 13.7 ms at batch 8 against
+        the (B, N, K) layout, whose column gather and transposed ``baddbmm`` operand cost a strided copy each.
+        Phi is accumulated in place into the gathered prior rows, padding rows set to -inf before (saves two
+        copies of the (B, K, N) tensor: 38 -> 30 ms per Map-SM call at batch 8 with unequal kept counts).
+
+        Args:
+            x_q, x_k: (B, N, C) query (current block-0 output) and key (previous block-0 output).
+            mask_prev: (B, N) bool keep mask of the previous frame at block 5.
+
+        Returns:
+            ``(order, match)``: order (B, K) long, the previous frame's token index of each key row (kept
+            tokens first in token order, then padding); match (B, N) long in [0, K), the key row each current
+            token is mapped onto (never a padding row). The mapped previous token is ``order.gather(1, match)``.
         """
         b, n, c = x_q.shape
         counts = mask_prev.sum(-1)
@@ -180,26 +200,41 @@ class MapSM(nn.Module):
             cl = counts.tolist()
         k_max = max(cl)
         order = torch.argsort((~mask_prev).to(torch.int8), dim=1, stable=True)[:, :k_max]  # kept first, (B, K)
-        offs = torch.arange(b, device=x_q.device)[:, None] * n                             # rows of (B * N, C)
-        keys = x_k.reshape(b * n, c).index_select(0, (order + offs).reshape(-1)).view(b, k_max, c)  # (B, K, C)
+        keys = _rows(x_k, order)                                                           # (B, K, C)
         prior = spatial_prior(grid, x_q.device).to(x_q.dtype)                            # (N, N), symmetric
-        prior_rows = prior.index_select(0, order.reshape(-1)).view(b, k_max, n)           # (B, K, N)
-        phi_t = torch.baddbmm(prior_rows, keys, x_q.transpose(1, 2))                      # (B, K, N)
-        if min(cl) < k_max:  # unequal kept counts in the batch: padding rows at -inf
-            pad = torch.arange(k_max, device=x_q.device)[None, :] >= counts[:, None]
-            phi_t = phi_t.masked_fill(pad[:, :, None], float("-inf"))
+        phi_t = prior.index_select(0, order.reshape(-1)).view(b, k_max, n)  # (B, K, N), a fresh copy
+        if min(cl) < k_max:  # unequal kept counts in the batch: padding rows at -inf (never the argmax)
+            phi_t[torch.arange(k_max, device=x_q.device)[None, :] >= counts[:, None]] = float("-inf")
+        # Phi = Phi_dist + x_k x_q^T, accumulated in place (out= rather than baddbmm_: FLOP counters see it)
+        phi_t = torch.baddbmm(phi_t, keys, x_q.transpose(1, 2), out=phi_t)
         if noise:  # same perturbation as gumbel_softmax_st(tau * phi, tau): phi + g / tau
             phi_t = phi_t + sample_gumbel(phi_t) / self.tau
-        src = order.gather(1, phi_t.max(dim=1).indices)  # (B, N) previous-frame token mapped onto each current one
-        return x_v.reshape(b * n, c).index_select(0, (src + offs).reshape(-1)).view(b, n, c)
+        return order, phi_t.max(dim=1).indices
 
-    def keep_probability(self, x_hat: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
-        """Soft keep probability p (B, N) from mapped features x_hat (B, N, C) (steps 6-8)."""
-        b, n, _ = x_hat.shape
-        s = self.mlp(self.norm(x_hat)).log_softmax(-1)  # (B, N, 2), channel 0 = keep
+    def map_features_sparse(self, x_q: torch.Tensor, x_k: torch.Tensor, x_v: torch.Tensor,
+                            mask_prev: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
+        """Steps 1-5 without a graph (:meth:`associate_sparse`): the mapped features x_hat (B, N, C).
+
+        :meth:`forward` does not build x_hat at inference (it runs the selector on the K kept previous
+        tokens, see there); this is the reference of steps 1-5 for tests and analyses.
+        """
+        order, match = self.associate_sparse(x_q, x_k, mask_prev, grid, noise)
+        return _rows(x_v, order.gather(1, match))
+
+    def selector(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 6: ``log_softmax(Mlp(LayerNorm(x)))``, (..., C) -> (..., 2), channel 0 = keep. Per token."""
+        return self.mlp(self.norm(x)).log_softmax(-1)
+
+    def smoothed_keep_probability(self, s: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
+        """Steps 7-8: soft keep probability p (B, N) from the selector's log-probabilities s (B, N, 2)."""
+        b, n, _ = s.shape
         s = s.transpose(1, 2).reshape(b, 2, grid[0], grid[1])
         s = self.smooth(s).reshape(b, 2, n).transpose(1, 2)
         return gumbel_softmax_st(self.tau * s, self.tau, hard=False, noise=noise, dim=-1)[..., 0]
+
+    def keep_probability(self, x_hat: torch.Tensor, grid: tuple[int, int], noise: bool) -> torch.Tensor:
+        """Soft keep probability p (B, N) from mapped features x_hat (B, N, C) (steps 6-8)."""
+        return self.smoothed_keep_probability(self.selector(x_hat), grid, noise)
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, x_v: torch.Tensor, mask_prev: torch.Tensor,
                 grid: tuple[int, int], keep: float, *, noise: bool | None = None
@@ -242,9 +277,14 @@ class MapSM(nn.Module):
             if bool(empty.any()):
                 mask_prev = mask_prev | empty[:, None]
             x_hat = self.associate(x_q, x_k, mask_prev, grid, use_noise) @ x_v
+            p = self.keep_probability(x_hat, grid, use_noise)
         else:  # inference: no straight-through gradient needed, map from the kept keys only (handles empties)
-            x_hat = self.map_features_sparse(x_q, x_k, x_v, mask_prev, grid, use_noise)
-        p = self.keep_probability(x_hat, grid, use_noise)
+            # The selector is per token and x_hat's rows are copies of the K kept previous tokens' values, so
+            # it runs on those K rows and its 2 log-probs are gathered onto the N current tokens (issue 15):
+            # K instead of N rows through LayerNorm and the C -> C/2 -> 2 MLP, and x_hat is never built.
+            order, match = self.associate_sparse(x_q, x_k, mask_prev, grid, use_noise)
+            s = self.selector(_rows(x_v, order)).gather(1, match[..., None].expand(-1, -1, 2))   # (B, N, 2)
+            p = self.smoothed_keep_probability(s, grid, use_noise)
         return topk_mask_st(p, k), p
 
 
