@@ -71,7 +71,7 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Per-sample row gather: (B, N, C) tokens at (B, K) indices -> (B, K, C), one ``index_select`` on the
     flattened tokens (no index expanded over C)."""
     b, n, c = x.shape
-    flat = index + torch.arange(b, device=index.device)[:, None] * n
+    flat = index if b == 1 else index + torch.arange(b, device=index.device)[:, None] * n   # rows of (B * N, C)
     return x.reshape(b * n, c).index_select(0, flat.reshape(-1)).view(b, index.shape[1], c)
 
 
