@@ -443,8 +443,8 @@ def method_schedule(method: str, spec: ViTSpec, grid: tuple[int, int], *, keep: 
                                                               for b in s.sm_blocks)
         note = (f"vpp: nominal m={s.m}, rho={s.rho} (non-first frame)" if block_ratios is None else
                 "vpp: measured block ratios") + ("; overhead = Map-SM at inference (N K C against the K previous "
-                                                 "tokens kept at block 5, + selector MLP) + 3 SMs on the tokens "
-                                                 "kept before them")
+                                                 "tokens kept at block 5, + selector MLP on those K) + 3 SMs on the "
+                                                 "tokens kept before them")
         return sched, float(over), note
     if method == "svit":
         r = 0.7 if rho is None else rho
